@@ -1,0 +1,1 @@
+"""Approval policies, approvals, roles and trigger rules (see the governance issue)."""

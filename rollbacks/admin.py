@@ -1,0 +1,209 @@
+"""Admin for the estate. Published map and contract versions are read-only: "editing" one
+means publishing a new version, which the add form pre-fills from the newest."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin
+from django.contrib.auth.models import Group
+from django.forms.models import BaseInlineFormSet
+from django.urls import reverse
+from django.utils.html import format_html
+
+import ledger.services as ledger
+from rollbacks import services
+from rollbacks.models import Contract, DependencyEdge, DependencyMap, HealthCheck, System, Team
+
+
+class TeamForm(forms.ModelForm):
+    class Meta:
+        model = Team
+        fields = ["slug", "name"]
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    form = TeamForm
+    list_display = ("name", "slug", "group")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.group, _ = Group.objects.get_or_create(name=f"team:{obj.slug}")
+        super().save_model(request, obj, form, change)
+        ledger.record(
+            actor=request.user,
+            action="estate.team.changed" if change else "estate.team.created",
+            subject=obj,
+            payload={"slug": obj.slug, "name": obj.name},
+        )
+
+
+@admin.register(System)
+class SystemAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "kind", "team", "tier", "environment", "health", "is_rehearsal")
+    list_filter = ("kind", "tier", "environment", "team", "is_rehearsal")
+    search_fields = ("slug", "name")
+    readonly_fields = ("health", "health_checked_at", "health_detail")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        ledger.record(
+            actor=request.user,
+            action="estate.system.changed" if change else "estate.system.created",
+            subject=obj,
+            payload={"changed": form.changed_data, "slug": obj.slug},
+        )
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(admin.ModelAdmin):
+    list_display = ("system", "checked_at", "status", "latency_ms", "detail")
+    list_filter = ("status", "system")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class EdgeFormSet(BaseInlineFormSet):
+    """Validates the map as a whole: a cycle is refused naming its systems."""
+
+    def clean(self):
+        super().clean()
+        if any(self.errors):
+            return
+        edges = []
+        for form in self.forms:
+            data = form.cleaned_data
+            if not data or data.get("DELETE"):
+                continue
+            edges.append((data["kind"], data["first"].slug, data["second"].slug))
+        services.validate_edges(edges)
+
+
+class EdgeInline(admin.TabularInline):
+    model = DependencyEdge
+    formset = EdgeFormSet
+    extra = 3
+    autocomplete_fields = ("first", "second")
+
+
+@admin.register(DependencyMap)
+class DependencyMapAdmin(admin.ModelAdmin):
+    """Add = publish a new version (pre-filled from the newest); published versions are read-only."""
+
+    inlines = [EdgeInline]
+    list_display = ("version", "published_at", "published_by", "note", "edge_count")
+    fields = ("note",)
+
+    @admin.display(description="edges")
+    def edge_count(self, obj):
+        return obj.edges.count()
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_formset_kwargs(self, request, obj, inline, prefix):
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        latest = DependencyMap.objects.latest_published()
+        if (obj is None or obj.pk is None) and request.method == "GET" and latest is not None:
+            kwargs["initial"] = [
+                {"kind": e.kind, "first": e.first_id, "second": e.second_id}
+                for e in latest.edges.order_by("id")
+            ]
+        return kwargs
+
+    def get_inline_instances(self, request, obj=None):
+        instances = super().get_inline_instances(request, obj)
+        latest = DependencyMap.objects.latest_published()
+        if obj is None and latest is not None:
+            for inline in instances:
+                inline.extra = latest.edges.count() + 3
+        return instances
+
+    def save_model(self, request, obj, form, change):
+        obj.version = services.next_map_version()
+        obj.published_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        services.record_map_published(form.instance, actor=request.user)
+
+
+class PrettyJSONWidget(forms.Textarea):
+    def format_value(self, value):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return value
+        return json.dumps(value, indent=2)
+
+
+class ContractForm(forms.ModelForm):
+    class Meta:
+        model = Contract
+        fields = ["system", "note", "actions"]
+        widgets = {"actions": PrettyJSONWidget(attrs={"rows": 24, "cols": 100})}
+
+    def clean_actions(self):
+        actions = self.cleaned_data["actions"]
+        services.validate_contract_actions(actions)
+        return actions
+
+
+@admin.register(Contract)
+class ContractAdmin(admin.ModelAdmin):
+    """Add = publish a new version for a system (pre-filled from its newest, ``?system=<id>``)."""
+
+    form = ContractForm
+    list_display = (
+        "system",
+        "version",
+        "published_at",
+        "published_by",
+        "action_types",
+        "new_version",
+    )
+    list_filter = ("system",)
+    autocomplete_fields = ("system",)
+
+    @admin.display(description="action types")
+    def action_types(self, obj):
+        return ", ".join(sorted(obj.actions))
+
+    @admin.display(description="")
+    def new_version(self, obj):
+        url = reverse("admin:rollbacks_contract_add") + f"?system={obj.system_id}"
+        return format_html('<a href="{}">publish a new version</a>', url)
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_changeform_initial_data(self, request):
+        initial = super().get_changeform_initial_data(request)
+        system_id = request.GET.get("system")
+        if system_id and system_id.isdigit():
+            latest = Contract.objects.filter(system_id=system_id).order_by("-version").first()
+            if latest is not None:
+                initial["actions"] = latest.actions
+        return initial
+
+    def save_model(self, request, obj, form, change):
+        # Lock the system so two admins publishing at once cannot take the same version.
+        System.objects.select_for_update().get(pk=obj.system_id)
+        obj.version = services.next_contract_version(obj.system)
+        obj.published_by = request.user
+        super().save_model(request, obj, form, change)
+        services.record_contract_published(obj, actor=request.user)

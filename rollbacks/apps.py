@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class RollbacksConfig(AppConfig):
+    name = "rollbacks"
+    verbose_name = "Estate and rollbacks"

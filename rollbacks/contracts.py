@@ -1,0 +1,266 @@
+"""The shape of a contract's ``actions`` and of a system's health check, with errors by path.
+
+A contract maps forward action types to how they are undone::
+
+    create_order:
+      compensation: {kind: http, method: POST, url: "http://…/orders/{params.order_id}/cancel"}
+      retryable: true
+      attempts: 5
+      backoff: {initial_s: 0.5, max_s: 30}
+      timeout_s: 10
+      point_of_no_return: false
+      verification: {kind: http, url: "http://…/orders/{params.order_id}", expect_status: [404]}
+
+Every error is a ``(path, message)`` pair, the path in dotted form from the contract's
+``actions`` (``create_order.backoff.max_s``), so callers can prefix it with where the
+contract sits (``contracts[2].actions.``).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+COMPENSATION_KINDS = ("http", "sql", "sql_restore", "flag", "manual", "simulated")
+# Roots a template may name: the forward action being undone, and the rollback undoing it.
+TEMPLATE_ROOTS = {
+    "params": None,  # any key: forward actions carry free-form parameters
+    "before": None,
+    "after": None,
+    "action": {"id", "type", "idempotency_key", "system"},
+    "run": {"id", "external_id", "process", "trace_id"},
+    "rollback": {"id", "reason", "requested_by", "is_drill"},
+    "step": {"id", "idempotency_key"},
+}
+
+_template = {"type": "string", "minLength": 1}
+_compensations = {
+    "http": {
+        "properties": {
+            "kind": {"const": "http"},
+            "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
+            "url": {"type": "string", "pattern": "^https?://"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "body": {},
+            "expect_status": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 100, "maximum": 599},
+                "minItems": 1,
+            },
+        },
+        "required": ["kind", "url"],
+    },
+    "sql": {
+        "properties": {
+            "kind": {"const": "sql"},
+            "database": _template,
+            "statement": _template,
+            "params": {"type": "object"},
+        },
+        "required": ["kind", "database", "statement"],
+    },
+    "sql_restore": {
+        "properties": {
+            "kind": {"const": "sql_restore"},
+            "database": _template,
+            "table": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+            "key": {"type": "object", "minProperties": 1},
+        },
+        "required": ["kind", "database", "table", "key"],
+    },
+    "flag": {
+        "properties": {
+            "kind": {"const": "flag"},
+            "base_url": {"type": "string", "pattern": "^https?://"},
+            "project": _template,
+            "feature": _template,
+            "environment": _template,
+        },
+        "required": ["kind", "base_url", "feature", "environment"],
+    },
+    "manual": {
+        "properties": {"kind": {"const": "manual"}, "instructions": _template},
+        "required": ["kind", "instructions"],
+    },
+    "simulated": {
+        "properties": {
+            "kind": {"const": "simulated"},
+            "latency_ms": {"type": "integer", "minimum": 0, "maximum": 600000},
+            "failure_rate": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "required": ["kind"],
+    },
+}
+for _schema in _compensations.values():
+    _schema["type"] = "object"
+    _schema["additionalProperties"] = False
+
+ACTION_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "compensation": {"type": "object"},
+        "retryable": {"type": "boolean"},
+        "attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+        "backoff": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "initial_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                "max_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+                "multiplier": {"type": "number", "minimum": 1, "maximum": 10},
+            },
+            "required": ["initial_s", "max_s"],
+        },
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+        "point_of_no_return": {"type": "boolean"},
+        "verification": {
+            "type": "object",
+            "properties": {"kind": {"enum": ["http", "sql"]}},
+            "required": ["kind"],
+        },
+    },
+}
+_ACTION_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
+_action_validator = Draft202012Validator(ACTION_SCHEMA)
+_compensation_validators = {k: Draft202012Validator(s) for k, s in _compensations.items()}
+
+Error = tuple[str, str]
+
+
+def _join(*parts: Any) -> str:
+    return ".".join(str(p) for p in parts if p != "")
+
+
+def _schema_errors(validator: Draft202012Validator, value: Any, prefix: str) -> list[Error]:
+    errors = []
+    for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
+        path = _join(prefix, *err.absolute_path)
+        if err.validator == "required":
+            missing = err.message.split("'")[1]
+            errors.append((_join(path, missing), "is required"))
+        elif err.validator == "additionalProperties":
+            errors.append((path, err.message.replace("Additional properties", "unknown fields")))
+        else:
+            errors.append((path, err.message))
+    return errors
+
+
+def template_fields(value: Any) -> list[str]:
+    """Every ``{root.field}`` named in a template (strings inside dicts and lists too)."""
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in template_fields(v)]
+    if isinstance(value, list):
+        return [f for v in value for f in template_fields(v)]
+    if not isinstance(value, str):
+        return []
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        return [f"!{exc}"]
+
+
+def template_errors(value: Any, path: str) -> list[Error]:
+    errors = []
+    for field in template_fields(value):
+        if field.startswith("!"):
+            errors.append((path, f"is not a valid template: {field[1:]}"))
+            continue
+        root, _, rest = field.partition(".")
+        if root not in TEMPLATE_ROOTS:
+            allowed = ", ".join(sorted(TEMPLATE_ROOTS))
+            errors.append(
+                (path, f"template names {{{field}}}: unknown root {root!r} (use {allowed})")
+            )
+        elif not rest and TEMPLATE_ROOTS[root] is None:
+            errors.append(
+                (path, f"template names {{{field}}}: say which field, e.g. {{{root}.id}}")
+            )
+        elif TEMPLATE_ROOTS[root] is not None and rest not in TEMPLATE_ROOTS[root]:
+            known = ", ".join(sorted(TEMPLATE_ROOTS[root]))
+            errors.append(
+                (path, f"template names {{{field}}}: {root} has no field {rest!r} ({known})")
+            )
+    return errors
+
+
+def validate_actions(actions: Any) -> list[Error]:
+    """All the errors in a contract's ``actions`` mapping; an empty list when it is valid."""
+    if not isinstance(actions, dict):
+        return [("", "must be a mapping of action type to its compensation")]
+    if not actions:
+        return [("", "names no action type: a contract undoes at least one kind of action")]
+    errors: list[Error] = []
+    for action_type, spec in actions.items():
+        if not isinstance(action_type, str) or not _ACTION_TYPE.match(action_type):
+            errors.append((str(action_type), "is not a valid action type (lowercase, a-z0-9_.-)"))
+            continue
+        errors += _schema_errors(_action_validator, spec, action_type)
+        if not isinstance(spec, dict):
+            continue
+        backoff = spec.get("backoff")
+        if isinstance(backoff, dict):
+            initial, maximum = backoff.get("initial_s"), backoff.get("max_s")
+            if (
+                isinstance(initial, int | float)
+                and isinstance(maximum, int | float)
+                and maximum < initial
+            ):
+                errors.append(
+                    (_join(action_type, "backoff.max_s"), f"must be at least initial_s ({initial})")
+                )
+        comp = spec.get("compensation")
+        if comp is None:
+            if not spec.get("point_of_no_return"):
+                errors.append(
+                    (
+                        _join(action_type, "compensation"),
+                        "is required unless point_of_no_return is true",
+                    )
+                )
+            continue
+        if not isinstance(comp, dict):
+            continue
+        kind = comp.get("kind")
+        if kind not in _compensation_validators:
+            errors.append(
+                (
+                    _join(action_type, "compensation.kind"),
+                    f"must be one of {', '.join(COMPENSATION_KINDS)}",
+                )
+            )
+            continue
+        errors += _schema_errors(
+            _compensation_validators[kind], comp, _join(action_type, "compensation")
+        )
+        for key, value in comp.items():
+            if key != "kind":
+                errors += template_errors(value, _join(action_type, "compensation", key))
+        if isinstance(spec.get("verification"), dict):
+            for key, value in spec["verification"].items():
+                errors += template_errors(value, _join(action_type, "verification", key))
+    return errors
+
+
+def health_check_errors(check: Any) -> list[str]:
+    if check in (None, {}):
+        return []
+    if not isinstance(check, dict) or len(check) != 1:
+        return ['must be {} or one of {"http": "<url>"}, {"sql": "<target database>"}']
+    ((kind, target),) = check.items()
+    if kind == "http":
+        if not isinstance(target, str) or not re.match(r"^https?://", target):
+            return ["http: must be an http:// or https:// URL"]
+        return []
+    if kind == "sql":
+        if not isinstance(target, str) or not target:
+            return ["sql: must name a target database"]
+        return []
+    return [f"unknown kind {kind!r}: use http or sql"]
+
+
+def format_errors(errors: list[Error], prefix: str = "") -> list[str]:
+    return [f"{_join(prefix, path) or prefix or 'actions'}: {message}" for path, message in errors]

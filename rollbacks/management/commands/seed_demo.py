@@ -1,0 +1,43 @@
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from rollbacks.estate import import_document, parse
+
+DEMO_PASSWORD = "unwind-demo"  # noqa: S105 - demo logins, listed in the README
+# username -> (role, teams); mallory is the outsider: no role, no team.
+DEMO_USERS = {
+    "alice": ("operator", ["payments", "platform"]),
+    "bob": ("approver", ["payments", "platform"]),
+    "erin": ("approver", ["payments", "platform"]),
+    "carol": ("auditor", []),
+    "dave": ("admin", ["payments", "platform"]),
+    "mallory": (None, []),
+}
+
+
+class Command(BaseCommand):
+    help = "Load the demo estate (demo/estate.yaml, through the estate import) and the demo users."
+
+    def handle(self, *args, **options):
+        path = Path(settings.BASE_DIR) / "demo" / "estate.yaml"
+        result = import_document(parse(path.read_text()), actor="command:seed_demo")
+        self.stdout.write(f"estate: {len(result.changes)} change(s)")
+        User = get_user_model()
+        with transaction.atomic():
+            for username, (role, teams) in DEMO_USERS.items():
+                user, created = User.objects.get_or_create(username=username)
+                if created:
+                    user.set_password(DEMO_PASSWORD)
+                user.email = f"{username}@example.com"
+                user.is_staff = user.is_superuser = role == "admin"
+                user.save()
+                groups = [Group.objects.get(name=f"team:{t}") for t in teams]
+                if role:
+                    groups.append(Group.objects.get_or_create(name=role)[0])
+                user.groups.set(groups)
+        self.stdout.write(f"users: {', '.join(DEMO_USERS)} (password {DEMO_PASSWORD!r})")

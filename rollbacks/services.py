@@ -1,0 +1,141 @@
+"""Writes to the estate. Each function is one transaction that also records its ledger entry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Max
+
+import ledger.services as ledger
+from rollbacks import planning
+from rollbacks.contracts import format_errors, validate_actions
+from rollbacks.models import Contract, DependencyEdge, DependencyMap, System
+
+
+def edges_for_planning(edges: Iterable[tuple[str, str, str]]) -> list[planning.Edge]:
+    """(kind, first slug, second slug) triples to planning edges."""
+    return [
+        planning.Before(a, b) if kind == DependencyEdge.Kind.BEFORE else planning.Tandem(a, b)
+        for kind, a, b in edges
+    ]
+
+
+def map_edges(dep_map: DependencyMap | None) -> list[planning.Edge]:
+    """The planning edges of a published map (none for no map)."""
+    if dep_map is None:
+        return []
+    rows = dep_map.edges.values_list("kind", "first__slug", "second__slug")
+    return edges_for_planning(rows)
+
+
+def validate_edges(edges: list[tuple[str, str, str]]) -> None:
+    """Refuse a self edge, a duplicate, or a cycle, naming the systems concerned."""
+    seen = set()
+    for kind, a, b in edges:
+        if a == b:
+            raise ValidationError(f"{a} cannot depend on itself.")
+        key = (kind, a, b) if kind == DependencyEdge.Kind.BEFORE else (kind, *sorted((a, b)))
+        if key in seen:
+            raise ValidationError(f"the edge {a} {kind} {b} is listed twice.")
+        seen.add(key)
+    try:
+        planning.check_acyclic(edges_for_planning(edges))
+    except planning.CycleError as exc:
+        raise ValidationError(
+            f"The dependency map has a cycle: {str(exc).removeprefix('dependency cycle: ')}. "
+            "Remove one of these edges."
+        ) from None
+
+
+def next_map_version() -> int:
+    return (DependencyMap.objects.aggregate(v=Max("version"))["v"] or 0) + 1
+
+
+def dependency_map_publish(
+    *, edges: list[tuple[str, str, str]], actor: Any, note: str = ""
+) -> DependencyMap:
+    """Publish a new version of the whole map from (kind, first slug, second slug) triples."""
+    validate_edges(edges)
+    slugs = {s for _, a, b in edges for s in (a, b)}
+    systems = {s.slug: s for s in System.objects.filter(slug__in=slugs)}
+    unknown = sorted(slugs - systems.keys())
+    if unknown:
+        raise ValidationError(f"unknown systems: {', '.join(unknown)}")
+    with transaction.atomic():
+        dep_map = DependencyMap.objects.create(
+            version=next_map_version(),
+            published_by=actor if getattr(actor, "is_authenticated", False) else None,
+            note=note,
+        )
+        DependencyEdge.objects.bulk_create(
+            DependencyEdge(map=dep_map, kind=kind, first=systems[a], second=systems[b])
+            for kind, a, b in edges
+        )
+        record_map_published(dep_map, actor=actor)
+    return dep_map
+
+
+def record_map_published(dep_map: DependencyMap, *, actor: Any) -> None:
+    edges = [
+        [k, a, b] for k, a, b in dep_map.edges.values_list("kind", "first__slug", "second__slug")
+    ]
+    ledger.record(
+        actor=actor,
+        action="estate.map.published",
+        subject=dep_map,
+        payload={"version": dep_map.version, "edges": edges, "note": dep_map.note},
+    )
+
+
+def validate_contract_actions(actions: Any) -> None:
+    errors = validate_actions(actions)
+    if errors:
+        raise ValidationError(format_errors(errors, "actions"))
+
+
+def next_contract_version(system: System) -> int:
+    return (system.contracts.aggregate(v=Max("version"))["v"] or 0) + 1
+
+
+def contract_publish(*, system: System, actions: dict, actor: Any, note: str = "") -> Contract:
+    """Publish a new contract version for ``system``; earlier versions stay as they were."""
+    validate_contract_actions(actions)
+    with transaction.atomic():
+        # Lock the system row so two publishers cannot take the same version number.
+        System.objects.select_for_update().get(pk=system.pk)
+        contract = Contract.objects.create(
+            system=system,
+            version=next_contract_version(system),
+            actions=actions,
+            note=note,
+            published_by=actor if getattr(actor, "is_authenticated", False) else None,
+        )
+        record_contract_published(contract, actor=actor)
+    return contract
+
+
+def record_contract_published(contract: Contract, *, actor: Any) -> None:
+    ledger.record(
+        actor=actor,
+        action="estate.contract.published",
+        subject=contract,
+        payload={
+            "system": contract.system.slug,
+            "version": contract.version,
+            "actions": contract.actions,
+        },
+    )
+
+
+def latest_contracts(systems: Iterable[System] | None = None) -> dict[int, Contract]:
+    """The newest contract of each system: system id -> contract."""
+    qs = Contract.objects.order_by("system_id", "-version")
+    if systems is not None:
+        qs = qs.filter(system__in=list(systems))
+    latest: dict[int, Contract] = {}
+    for contract in qs:
+        latest.setdefault(contract.system_id, contract)
+    return latest

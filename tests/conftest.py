@@ -1,0 +1,191 @@
+"""Shared fixtures: the fixed cast of users and the guards that keep CI honest.
+
+The cast (STYLE.md): alice (operator), bob (approver), carol (auditor), dave (admin),
+mallory (outsider). Set ``UNWIND_REQUIRE_SERVICES=1`` (``.ci/run`` does) to make a skipped
+``postgres`` or ``redis`` test fail the run instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group
+
+REQUIRE_SERVICES = os.environ.get("UNWIND_REQUIRE_SERVICES") == "1"
+_skipped_service_tests: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    has_redis = bool(os.environ.get("REDIS_URL"))
+    for item in items:
+        if "postgres" in item.keywords and not settings.IS_POSTGRES:
+            item.add_marker(
+                pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://…")
+            )
+        if "redis" in item.keywords and not has_redis:
+            item.add_marker(pytest.mark.skip(reason="needs Redis: set REDIS_URL=redis://…"))
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and ("postgres" in report.keywords or "redis" in report.keywords):
+        _skipped_service_tests.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_SERVICES and _skipped_service_tests:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REQUIRE_SERVICES and _skipped_service_tests:
+        terminalreporter.write_line(
+            f"FAILED: {len(_skipped_service_tests)} test(s) that need PostgreSQL or Redis were skipped:",
+            red=True,
+        )
+        for nodeid in _skipped_service_tests:
+            terminalreporter.write_line(f"  {nodeid}", red=True)
+
+
+def _user(django_user_model, username: str, *groups: str, **extra):
+    user = django_user_model.objects.create_user(
+        username=username, password="pw-" + username, **extra
+    )
+    user.groups.set([Group.objects.get_or_create(name=g)[0] for g in groups])
+    return user
+
+
+@pytest.fixture
+def teams(db):
+    from rollbacks.models import Team
+
+    return {
+        slug: Team.objects.create(
+            slug=slug, name=slug.title(), group=Group.objects.create(name=f"team:{slug}")
+        )
+        for slug in ("payments", "platform")
+    }
+
+
+@pytest.fixture
+def alice(django_user_model, teams):
+    return _user(django_user_model, "alice", "operator", "team:payments")
+
+
+@pytest.fixture
+def bob(django_user_model, teams):
+    return _user(django_user_model, "bob", "approver", "team:payments")
+
+
+@pytest.fixture
+def carol(django_user_model, teams):
+    return _user(django_user_model, "carol", "auditor")
+
+
+@pytest.fixture
+def dave(django_user_model, teams):
+    return _user(django_user_model, "dave", "admin", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def mallory(django_user_model, teams):
+    return _user(django_user_model, "mallory")
+
+
+@pytest.fixture
+def make_system(teams):
+    from rollbacks.models import System
+
+    def make(slug: str, *, team: str = "payments", tier: int = 2, kind: str = "service", **extra):
+        return System.objects.create(
+            slug=slug,
+            name=slug.replace("-", " ").title(),
+            kind=kind,
+            team=teams[team],
+            tier=tier,
+            **extra,
+        )
+
+    return make
+
+
+@pytest.fixture
+def target_server():
+    """A real loopback HTTP target (demo/targets.py) on a free port; yields (base_url, state)."""
+    from demo.targets import serve
+
+    server, state = serve(0)
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+    server.server_close()
+
+
+def database_url_for_subprocess() -> str:
+    """The URL of the database this test run uses (pytest-django's test database)."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if not settings.IS_POSTGRES:
+        raise RuntimeError("a worker process needs a database it can share: run with PostgreSQL")
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@pytest.fixture
+def worker_process(transactional_db, tmp_path):
+    """A real Celery worker process on Redis and this run's PostgreSQL test database.
+
+    Yields the ``subprocess.Popen``; its output goes to ``tmp_path/worker.log``. The queue is
+    purged first so that messages from another test cannot leak in.
+    """
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    log_path = tmp_path / "worker.log"
+    env = os.environ | {"DATABASE_URL": database_url_for_subprocess(), "DEBUG": "1"}
+    root = Path(__file__).resolve().parent.parent
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 30
+    while "ready." not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the worker did not start:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    proc.log_path = log_path
+    yield proc
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -1,0 +1,42 @@
+"""Publishing from several connections at once never gives two versions the same number."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection
+
+from rollbacks import services
+from rollbacks.models import Contract
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+ACTIONS = {"noop": {"compensation": {"kind": "simulated"}}}
+
+
+def test_concurrent_contract_publishing_gives_distinct_versions(make_system):
+    system = make_system("orders-db", kind="database")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def publish(i: int) -> None:
+        try:
+            barrier.wait()
+            services.contract_publish(
+                system=system, actions=ACTIONS | {f"a{i}": ACTIONS["noop"]}, actor="test"
+            )
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert sorted(Contract.objects.filter(system=system).values_list("version", flat=True)) == list(
+        range(1, 9)
+    )
