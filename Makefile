@@ -21,6 +21,7 @@ $(VENV)/.dev-installed: requirements-dev.lock | $(BIN)/python
 ## run: install, migrate, load the demo estate and users, then serve web + worker + beat +
 ## the demo's loopback targets until Ctrl-C (embedded defaults: SQLite, filesystem broker).
 run: export DEBUG ?= 1
+run: export TARGET_DATABASE_ORDERS ?= sqlite:///$(CURDIR)/var/demo-orders.sqlite3
 run: $(VENV)/.run-installed
 	$(BIN)/python manage.py migrate --no-input -v 0
 	$(BIN)/python manage.py seed_demo

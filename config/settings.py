@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "guardian",
     "django_htmx",
+    "ninja",
     "template_partials",
     "csp",
     "ledger",
@@ -90,6 +91,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "rollbacks.middleware.ApiBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -237,7 +239,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 HEALTH_CHECK_INTERVAL = timedelta(seconds=env_int("HEALTH_CHECK_INTERVAL_S", 30, minimum=1))
+SWEEP_INTERVAL_S = env_int("SWEEP_INTERVAL_S", 5, minimum=1)
 CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "rollbacks.tasks.sweep", "schedule": float(SWEEP_INTERVAL_S)},
     "check-system-health": {
         "task": "rollbacks.tasks.check_all_health",
         "schedule": HEALTH_CHECK_INTERVAL.total_seconds(),

@@ -135,7 +135,10 @@ def make_server(port: int, host: str = "127.0.0.1") -> tuple[ThreadingHTTPServer
 def serve(port: int, host: str = "127.0.0.1") -> tuple[ThreadingHTTPServer, TargetState]:
     """Start a target server in a background thread; returns it and its state."""
     server, state = make_server(port, host)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll interval so that shutdown() in test teardown returns at once.
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     return server, state
 
 

@@ -207,3 +207,85 @@ class ContractAdmin(admin.ModelAdmin):
         obj.published_by = request.user
         super().save_model(request, obj, form, change)
         services.record_contract_published(obj, actor=request.user)
+
+
+# API tokens ----------------------------------------------------------------------------------
+
+from django.contrib import messages  # noqa: E402
+
+from rollbacks.models import ApiToken  # noqa: E402
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Service accounts' API tokens. Adding one creates it with ``token_create`` and shows the
+    token once; only its SHA-256 is kept. Tokens are revoked, never deleted (the ledger
+    names them)."""
+
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("name", "prefix", "user__username")
+    list_select_related = ("user",)
+    actions = ["revoke_tokens"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("user", "name")
+        return (
+            "name",
+            "user",
+            "prefix",
+            "token_sha256",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        )
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return ("user", "prefix", "token_sha256", "created_at", "last_used_at", "revoked_at")
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        from rollbacks.tokens import token_create
+
+        if change:
+            super().save_model(request, obj, form, change)
+            ledger.record(
+                actor=request.user,
+                action="token.changed",
+                subject=obj,
+                payload={"changed": form.changed_data, "name": obj.name},
+            )
+            return
+        token, raw = token_create(user=obj.user, name=obj.name, actor=request.user)
+        # The admin goes on with ``obj`` (log entry, redirect): make it the created row.
+        for field in ("id", "prefix", "token_sha256", "created_at"):
+            setattr(obj, field, getattr(token, field))
+        obj._state.adding = False
+        request._unwind_new_token = raw
+
+    def response_add(self, request, obj, post_url_continue=None):
+        raw = getattr(request, "_unwind_new_token", None)
+        if raw:
+            self.message_user(
+                request,
+                format_html(
+                    "The token for {} is <code>{}</code>. Copy it now: it is not stored and "
+                    "will not be shown again.",
+                    obj.user,
+                    raw,
+                ),
+                messages.SUCCESS,
+            )
+        return super().response_add(request, obj, post_url_continue)
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke_tokens(self, request, queryset):
+        from rollbacks.tokens import token_revoke
+
+        revoked = sum(token_revoke(token=t, actor=request.user) for t in queryset)
+        self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)

@@ -190,3 +190,307 @@ class Contract(models.Model):
 
     def __str__(self) -> str:
         return f"{self.system.slug} contract v{self.version}"
+
+
+class ApiToken(models.Model):
+    """A bearer token of a service account (a user flagged as one): it acts with that
+    user's role and teams, and four-eyes applies to it like to a person. Only the SHA-256
+    of the token is stored; the token itself is shown once, when it is created."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="The first characters, to recognise it.")
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class ProcessRunQuerySet(models.QuerySet):
+    def visible_to(self, user) -> ProcessRunQuerySet:
+        """Runs whose forward actions touched a system the user may see (or that they reported)."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_superuser or user.groups.filter(name="auditor").exists():
+            return self
+        return self.filter(
+            models.Q(created_by=user) | models.Q(actions__system__team__group__user=user)
+        ).distinct()
+
+
+class ProcessRun(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running", "running"
+        FAILED = "failed", "failed"
+        SUCCEEDED = "succeeded", "succeeded"
+
+    process = models.CharField(max_length=100, help_text="The name of the automated process.")
+    external_id = models.CharField(max_length=200, help_text="The process's own id for this run.")
+    trace_id = models.CharField(max_length=32, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    failure_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ProcessRunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["process", "external_id"], name="run_external_id_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.process} #{self.external_id}"
+
+
+class ForwardAction(models.Model):
+    """One thing a process run did to a system, as it reported it."""
+
+    class Status(models.TextChoices):
+        COMPLETED = "completed", "completed"
+        FAILED = "failed", "failed (no effect)"
+
+    run = models.ForeignKey(ProcessRun, on_delete=models.CASCADE, related_name="actions")
+    sequence = models.PositiveIntegerField()
+    system = models.ForeignKey(System, on_delete=models.PROTECT, related_name="+")
+    action_type = models.CharField(max_length=100)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.COMPLETED)
+    params = models.JSONField(default=dict, blank=True)
+    before = models.JSONField(null=True, blank=True, help_text="The before-image, where relevant.")
+    after = models.JSONField(null=True, blank=True, help_text="The after-image, where relevant.")
+    idempotency_key = models.CharField(max_length=200)
+    trace_id = models.CharField(max_length=32, blank=True)
+    reported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "sequence"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "idempotency_key"], name="action_key_unique"),
+            models.UniqueConstraint(fields=["run", "sequence"], name="action_sequence_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action_type} on {self.system_id}"
+
+
+class RollbackQuerySet(models.QuerySet):
+    def visible_to(self, user) -> RollbackQuerySet:
+        """Rollbacks that touch a system of one of the user's teams (auditors and admins: all)."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_superuser or user.groups.filter(name="auditor").exists():
+            return self
+        return self.filter(
+            models.Q(requested_by=user) | models.Q(steps__system__team__group__user=user)
+        ).distinct()
+
+    def active(self) -> RollbackQuerySet:
+        return self.filter(state__in=[Rollback.State.RUNNING, Rollback.State.PAUSED])
+
+
+class Rollback(models.Model):
+    class State(models.TextChoices):
+        DRAFT = "draft", "draft"
+        AWAITING_APPROVAL = "awaiting_approval", "awaiting approval"
+        APPROVED = "approved", "approved"
+        RUNNING = "running", "running"
+        PAUSED = "paused", "paused"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        PARTIALLY_ROLLED_BACK = "partially_rolled_back", "partially rolled back"
+        ABORTED = "aborted", "aborted"
+
+    TERMINAL = (State.SUCCEEDED, State.FAILED, State.PARTIALLY_ROLLED_BACK, State.ABORTED)
+
+    run = models.ForeignKey(ProcessRun, on_delete=models.PROTECT, related_name="rollbacks")
+    state = models.CharField(
+        max_length=30, choices=State.choices, default=State.DRAFT, db_index=True
+    )
+    reason = models.TextField()
+    is_drill = models.BooleanField(default=False)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    dependency_map = models.ForeignKey(
+        DependencyMap,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The map version this plan was made from (pinned).",
+    )
+    trace_id = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome_summary = models.TextField(blank=True)
+
+    objects = RollbackQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"rollback #{self.pk} of {self.run}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in self.TERMINAL
+
+
+class Stage(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        RUNNING = "running", "running"
+        HALTED = "halted", "halted: a step needs a human"
+        SUCCEEDED = "succeeded", "succeeded"
+        CANCELLED = "cancelled", "cancelled"
+
+    rollback = models.ForeignKey(Rollback, on_delete=models.CASCADE, related_name="stages")
+    index = models.PositiveIntegerField()
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["rollback", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["rollback", "index"], name="stage_index_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"stage {self.index} of rollback #{self.rollback_id}"
+
+
+class StepQuerySet(models.QuerySet):
+    def unfinished(self) -> StepQuerySet:
+        return self.exclude(state__in=Step.DONE)
+
+
+class Step(models.Model):
+    """One compensation on one system. Claimed with a lease and a fencing token."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        RUNNING = "running", "running"
+        RETRY_WAIT = "retry_wait", "waiting to retry"
+        WAITING_HUMAN = "waiting_human", "waiting for a human"
+        FAILED = "failed", "failed: waiting for a human"
+        SUCCEEDED = "succeeded", "succeeded"
+        SKIPPED = "skipped", "skipped"
+        CANCELLED = "cancelled", "cancelled"
+
+    DONE = (State.SUCCEEDED, State.SKIPPED)
+    NEEDS_HUMAN = (State.WAITING_HUMAN, State.FAILED)
+
+    rollback = models.ForeignKey(Rollback, on_delete=models.CASCADE, related_name="steps")
+    stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="steps")
+    forward_action = models.ForeignKey(
+        ForwardAction, on_delete=models.PROTECT, related_name="steps"
+    )
+    system = models.ForeignKey(System, on_delete=models.PROTECT, related_name="+")
+    contract = models.ForeignKey(
+        Contract,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The contract version this step was planned from (pinned).",
+    )
+    kind = models.CharField(
+        max_length=20, help_text="Compensation kind: http, sql, flag, manual, …"
+    )
+    is_manual = models.BooleanField(default=False)
+    manual_reason = models.CharField(max_length=200, blank=True)
+    spec = models.JSONField(default=dict, help_text="The rendered compensation.")
+    state = models.CharField(
+        max_length=20, choices=State.choices, default=State.PENDING, db_index=True
+    )
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    retryable = models.BooleanField(default=True)
+    max_attempts = models.PositiveIntegerField(default=3)
+    backoff_initial_s = models.FloatField(default=1.0)
+    backoff_max_s = models.FloatField(default=30.0)
+    backoff_multiplier = models.FloatField(default=2.0)
+    timeout_s = models.FloatField(default=30.0)
+    attempts = models.PositiveIntegerField(default=0)
+    fencing_token = models.PositiveBigIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    output = models.JSONField(default=dict, blank=True)
+    human_note = models.TextField(
+        blank=True, help_text="The reason for a skip, or a manual step's note."
+    )
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = StepQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["stage__index", "id"]
+
+    def __str__(self) -> str:
+        return f"step #{self.pk} {self.kind} on {self.system_id}"
+
+    @property
+    def is_done(self) -> bool:
+        return self.state in self.DONE
+
+
+class Attempt(models.Model):
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        TRANSIENT = "transient", "transient error"
+        PERMANENT = "permanent", "permanent error"
+        LOST = "lost", "lost (lease expired)"
+        REFUSED = "refused", "refused (stale fencing token)"
+
+    step = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="attempt_set")
+    number = models.PositiveIntegerField()
+    fencing_token = models.PositiveBigIntegerField()
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.RUNNING)
+    error = models.TextField(blank=True)
+    output = models.JSONField(default=dict, blank=True)
+    trace_id = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["step", "number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of step #{self.step_id}"
+
+
+class Outbox(models.Model):
+    """Tasks to publish, written in the transaction that makes them necessary.
+
+    The relay publishes them after commit; the sweeper publishes any that a crash between
+    commit and publish left behind. A duplicate publish is harmless: messages only nudge.
+    """
+
+    task = models.CharField(max_length=200)
+    kwargs = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    available_at = models.DateTimeField(db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        verbose_name_plural = "outbox"
+
+    def __str__(self) -> str:
+        return f"{self.task}({self.kwargs})"

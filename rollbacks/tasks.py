@@ -1,9 +1,14 @@
-"""Celery tasks: thin, ids only; the services do the work."""
+"""Celery tasks: thin, ids only, keyword arguments; the services do the work."""
+
+import socket
 
 from celery import shared_task
 
+from rollbacks import engine
 from rollbacks.health import check_health
 from rollbacks.models import System
+
+WORKER = f"{socket.gethostname()}"
 
 
 @shared_task(ignore_result=True)
@@ -18,3 +23,17 @@ def check_system_health(*, system_id: int) -> None:
     system = System.objects.filter(pk=system_id).first()
     if system is not None:
         check_health(system)
+
+
+@shared_task(ignore_result=True, max_retries=0, acks_late=True)
+def run_step(*, step_id: int) -> str:
+    """Claim and run one step. A duplicate or late message finds nothing to claim."""
+    import os
+
+    return engine.step_run(step_id=step_id, worker=f"{WORKER}:{os.getpid()}")
+
+
+@shared_task(ignore_result=True, max_retries=0)
+def sweep() -> dict:
+    """Beat: recover expired leases, lost messages and unsent outbox rows."""
+    return engine.sweep()

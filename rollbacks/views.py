@@ -1,13 +1,42 @@
-"""Pages for operators: the estate (systems and the dependency map)."""
+"""Pages for operators: the estate, process runs, and rollbacks with their live status."""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
 
-from rollbacks import diagram, planning, services
-from rollbacks.models import DependencyMap, System
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Page, Paginator
+from django.db.models import Case, Count, IntegerField, OuterRef, Prefetch, Subquery, Value, When
+from django.db.models.functions import Coalesce
+from django.forms import Form
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_POST
+
+from rollbacks import access, diagram, engine, forms, planning, services
+from rollbacks.models import (
+    Attempt,
+    DependencyMap,
+    ForwardAction,
+    ProcessRun,
+    Rollback,
+    Stage,
+    Step,
+    System,
+)
+
+DETAIL = "rollbacks/rollback_detail.html"
+PER_PAGE = 50
+COMPACT_CHARS = 160  # longer JSON is cut in the summary and shown whole in a <details>
+R = Rollback.State
+S = Step.State
 
 
 @login_required
@@ -28,3 +57,310 @@ def system_list(request: HttpRequest) -> HttpResponse:
     boxes = [(box, by_slug[box.slug]) for box in picture.boxes]
     context = {"systems": systems, "dep_map": dep_map, "picture": picture, "boxes": boxes}
     return render(request, "rollbacks/system_list.html", context)
+
+
+# Helpers ------------------------------------------------------------------------------------
+
+
+def _page(request: HttpRequest, queryset) -> Page:
+    return Paginator(queryset, PER_PAGE).get_page(request.GET.get("page"))
+
+
+def _count(queryset, outer: str) -> Coalesce:
+    """A correlated COUNT: unlike ``Count()``, it is not narrowed by a ``visible_to`` join."""
+    counted = queryset.filter(**{outer: OuterRef("pk")}).order_by().values(outer)
+    return Coalesce(
+        Subquery(counted.annotate(n=Count("pk")).values("n"), output_field=IntegerField()),
+        Value(0),
+    )
+
+
+def _json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _compact(value: Any) -> dict[str, Any] | None:
+    """A one-line rendering of a JSON value, cut when long (the full text goes with it)."""
+    if value is None or value == {}:
+        return None
+    text = _json(value)
+    is_cut = len(text) > COMPACT_CHARS
+    full = json.dumps(value, indent=2, sort_keys=True, default=str) if is_cut else text
+    return {"short": text[: COMPACT_CHARS - 1] + "…" if is_cut else text, "full": full}
+
+
+def _spec_rows(spec: dict) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """The rendered compensation as (key, label, value) rows, the readable part first:
+    ``POST http://…`` for a request, the statement of a SQL step, a manual step's instructions."""
+    rest = {k: v for k, v in spec.items() if k != "kind"}
+    rows: list[tuple[str, Any]] = []
+    if spec.get("kind") == "http" and "url" in rest:
+        rows.append(("request", f"{rest.pop('method', 'POST')} {rest.pop('url')}"))
+    rows.extend((key, rest.pop(key)) for key in ("statement", "instructions") if key in rest)
+    rows.extend(sorted(rest.items()))
+    return [(key, key.replace("_", " "), _compact(value)) for key, value in rows]
+
+
+def _service_error(exc: ValidationError) -> str:
+    return " ".join(exc.messages)
+
+
+# Process runs -------------------------------------------------------------------------------
+
+
+@login_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    """Process runs the user can see, newest first, with their latest rollback."""
+    runs = (
+        ProcessRun.objects.visible_to(request.user)
+        .annotate(action_count=_count(ForwardAction.objects.all(), "run"))
+        .prefetch_related(
+            Prefetch(
+                "rollbacks",
+                queryset=Rollback.objects.visible_to(request.user).order_by("-created_at"),
+                to_attr="rollback_list",
+            )
+        )
+        .order_by("-created_at", "-pk")
+    )
+    page = _page(request, runs)
+    for run in page:
+        run.latest_rollback = run.rollback_list[0] if run.rollback_list else None
+    return render(request, "rollbacks/run_list.html", {"page": page})
+
+
+def _run_context(request: HttpRequest, run: ProcessRun, form: forms.RollbackPlanForm | None):
+    actions = list(run.actions.select_related("system").order_by("sequence"))
+    for action in actions:
+        action.params_text = _compact(action.params)
+        action.before_text = _compact(action.before)
+        action.after_text = _compact(action.after)
+    under_way = Rollback.objects.filter(run=run).exclude(state__in=Rollback.TERMINAL).first()
+    can_plan = access.can_operate_run(request.user, run)
+    return {
+        "run": run,
+        "actions": actions,
+        "rollbacks": Rollback.objects.visible_to(request.user)
+        .filter(run=run)
+        .select_related("requested_by")
+        .order_by("-created_at"),
+        "under_way": under_way,
+        "can_plan": can_plan,
+        # A rollback under way hides the form; an error from posting it shows it again.
+        "show_plan_form": can_plan and (under_way is None or form is not None),
+        "form": form or forms.RollbackPlanForm(),
+    }
+
+
+@login_required
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One run: its forward actions in order, its rollbacks, and the form to plan one."""
+    run = access.get_run_for_user(request.user, pk)
+    return render(request, "rollbacks/run_detail.html", _run_context(request, run, None))
+
+
+@login_required
+@require_POST
+def run_plan(request: HttpRequest, pk: int) -> HttpResponse:
+    """Plan a rollback of the run (``engine.rollback_plan``) and go to it."""
+    run = access.get_run_for_user(request.user, pk)
+    if not access.can_operate_run(request.user, run):
+        access.refuse(
+            actor=request.user,
+            action="rollback.plan",
+            subject=run,
+            why="only an operator of the run's teams may plan its rollback",
+        )
+    form = forms.RollbackPlanForm(request.POST)
+    if form.is_valid():
+        try:
+            rollback = engine.rollback_plan(
+                run=run,
+                actor=request.user,
+                reason=form.cleaned_data["reason"],
+                is_drill=form.cleaned_data["is_drill"],
+            )
+        except engine.EngineError as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(
+                request,
+                f"Rollback #{rollback.pk} planned: {rollback.get_state_display()}.",
+            )
+            return redirect("rollback", pk=rollback.pk)
+    return render(request, "rollbacks/run_detail.html", _run_context(request, run, form), status=400)
+
+
+# Rollbacks ----------------------------------------------------------------------------------
+
+
+@login_required
+def rollback_list(request: HttpRequest) -> HttpResponse:
+    """Rollbacks the user can see: running and paused first, then those not yet started."""
+    rollbacks = (
+        Rollback.objects.visible_to(request.user)
+        .select_related("run", "requested_by")
+        .annotate(
+            step_count=_count(Step.objects.all(), "rollback"),
+            done_count=_count(Step.objects.filter(state__in=Step.DONE), "rollback"),
+            rank=Case(
+                When(state__in=(R.RUNNING, R.PAUSED), then=Value(0)),
+                When(state__in=Rollback.TERMINAL, then=Value(2)),
+                default=Value(1),
+                output_field=IntegerField(),
+            ),
+        )
+        .order_by("rank", "-created_at", "-pk")
+    )
+    return render(request, "rollbacks/rollback_list.html", {"page": _page(request, rollbacks)})
+
+
+def _fingerprint(rollback: Rollback, stages: list[Stage], can_act: bool) -> str:
+    """A digest of everything in the ``rollback-status`` fragment that can change."""
+    state = [rollback.state, rollback.started_at, rollback.finished_at, can_act]
+    for stage in stages:
+        state.append((stage.pk, stage.state))
+        for step in stage.step_list:
+            state.append(
+                (step.pk, step.state, step.attempts, step.max_attempts, step.last_error)
+                + (step.human_note, [(a.pk, a.outcome, a.finished_at) for a in step.attempt_list])
+            )
+    return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
+
+
+def _rollback_context(request: HttpRequest, rollback: Rollback) -> dict[str, Any]:
+    """Everything the rollback page shows, in a fixed number of queries however many steps."""
+    rollback = Rollback.objects.select_related("run", "requested_by", "dependency_map").get(
+        pk=rollback.pk
+    )
+    steps = Step.objects.select_related("system", "forward_action").prefetch_related(
+        Prefetch("attempt_set", queryset=Attempt.objects.order_by("number"), to_attr="attempt_list")
+    )
+    stages = list(
+        Stage.objects.filter(rollback=rollback)
+        .order_by("index")
+        .prefetch_related(Prefetch("steps", queryset=steps.order_by("id"), to_attr="step_list"))
+    )
+    for stage in stages:
+        for step in stage.step_list:
+            step.spec_rows = _spec_rows(step.spec)
+            step.output_text = _compact(step.output)
+            for attempt in step.attempt_list:
+                attempt.output_text = _compact(attempt.output)
+    can_act = access.can_operate(request.user, rollback)
+    return {
+        "rollback": rollback,
+        "stages": stages,
+        "fingerprint": _fingerprint(rollback, stages, can_act),
+        # An abort lets steps in flight finish: keep watching until they have.
+        "is_live": not rollback.is_terminal
+        or any(step.state == S.RUNNING for stage in stages for step in stage.step_list),
+        "step_count": sum(len(stage.step_list) for stage in stages),
+        "can_act": can_act,
+        "outcome": engine.rollback_outcome(rollback) if rollback.is_terminal else None,
+        "skippable": (S.FAILED, S.PENDING, S.RETRY_WAIT, S.WAITING_HUMAN),
+    }
+
+
+@login_required
+def rollback_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The rollback page; htmx polls get only its ``rollback-status`` fragment."""
+    rollback = access.get_rollback_for_user(request.user, pk)
+    context = _rollback_context(request, rollback)
+    if request.htmx and request.GET.get("v") == context["fingerprint"]:
+        # Nothing changed since the last poll: 204 swaps nothing, so the operator's focus,
+        # open <details> and screen-reader position survive, and polling goes on.
+        response = HttpResponse(status=204)
+    else:
+        template = DETAIL + "#rollback-status" if request.htmx else DETAIL
+        response = render(request, template, context)
+    patch_vary_headers(response, ("HX-Request",))  # the page and its fragment share a URL
+    return response
+
+
+def _answer(request: HttpRequest, rollback: Rollback, ok: bool, text: str) -> HttpResponse:
+    """After an action: back to the page with a message, or (htmx) the fresh fragment plus
+    an out-of-band ``action-result`` notice, which polling does not overwrite."""
+    if not request.htmx:
+        (messages.success if ok else messages.error)(request, text)
+        return redirect("rollback", pk=rollback.pk)
+    context = _rollback_context(request, rollback)
+    status = render_to_string(DETAIL + "#rollback-status", context, request)
+    notice = render_to_string(
+        DETAIL + "#action-result", {"notice": text, "is_ok": ok, "is_oob": True}, request
+    )
+    return HttpResponse(status + notice)
+
+
+def _require_operator(request: HttpRequest, rollback: Rollback, action: str) -> None:
+    """Refuse (403, ledgered) before reading the form, so an auditor learns nothing more."""
+    if not access.can_operate(request.user, rollback):
+        access.refuse(
+            actor=request.user,
+            action=action,
+            subject=rollback,
+            rollback_id=rollback.pk,
+            why="only an operator of the rollback's teams may do this",
+        )
+
+
+ROLLBACK_ACTIONS: dict[str, tuple[type[Form], Callable[..., Any], str]] = {
+    "start": (forms.NoInputForm, engine.rollback_start, "Rollback #{pk} started."),
+    "pause": (
+        forms.NoInputForm,
+        engine.rollback_pause,
+        "Rollback #{pk} paused: steps in flight finish, nothing new starts.",
+    ),
+    "resume": (forms.NoInputForm, engine.rollback_resume, "Rollback #{pk} resumed."),
+    "abort": (forms.AbortForm, engine.rollback_abort, "Rollback #{pk} aborted: it ended {state}."),
+}
+
+STEP_ACTIONS: dict[str, tuple[type[Form], Callable[..., Any], str]] = {
+    "retry": (forms.NoInputForm, engine.step_retry, "Step {pk} will be tried again."),
+    "skip": (forms.SkipForm, engine.step_skip, "Step {pk} skipped: its effect stays undone."),
+    "resolve": (forms.ResolveForm, engine.step_resolve, "Step {pk} marked as done by hand."),
+}
+
+
+def _service_kwargs(form: Form) -> dict[str, Any]:
+    return {k: v for k, v in form.cleaned_data.items() if k != "confirm"}
+
+
+@login_required
+@require_POST
+def rollback_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    """Start, pause, resume or abort a rollback through its engine service."""
+    rollback = access.get_rollback_for_user(request.user, pk)
+    form_class, service, done = ROLLBACK_ACTIONS[action]
+    _require_operator(request, rollback, f"rollback.{action}")
+    form = form_class(request.POST)
+    if not form.is_valid():
+        return _answer(request, rollback, False, forms.errors_text(form))
+    try:
+        rollback = service(rollback=rollback, actor=request.user, **_service_kwargs(form))
+    except engine.EngineError as exc:
+        return _answer(request, rollback, False, _service_error(exc))
+    text = done.format(pk=rollback.pk, state=rollback.get_state_display())
+    return _answer(request, rollback, True, text)
+
+
+@login_required
+@require_POST
+def step_action(request: HttpRequest, pk: int, step_id: int, action: str) -> HttpResponse:
+    """Retry, skip or resolve one step through its engine service."""
+    rollback = access.get_rollback_for_user(request.user, pk)
+    step = get_object_or_404(
+        Step.objects.select_related("rollback", "system", "forward_action", "contract"),
+        pk=step_id,
+        rollback=rollback,
+    )
+    form_class, service, done = STEP_ACTIONS[action]
+    _require_operator(request, rollback, f"step.{action}")
+    form = form_class(request.POST)
+    if not form.is_valid():
+        return _answer(request, rollback, False, forms.errors_text(form))
+    try:
+        service(step=step, actor=request.user, **_service_kwargs(form))
+    except engine.EngineError as exc:
+        return _answer(request, rollback, False, _service_error(exc))
+    return _answer(request, rollback, True, done.format(pk=step.pk))

@@ -7,6 +7,7 @@ mallory (outsider). Set ``UNWIND_REQUIRE_SERVICES=1`` (``.ci/run`` does) to make
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -132,41 +133,27 @@ def database_url_for_subprocess() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-@pytest.fixture
-def worker_process(transactional_db, tmp_path):
-    """A real Celery worker process on Redis and this run's PostgreSQL test database.
-
-    Yields the ``subprocess.Popen``; its output goes to ``tmp_path/worker.log``. The queue is
-    purged first so that messages from another test cannot leak in.
-    """
+def start_celery(
+    args: list[str], log_path, extra_env: dict[str, str] | None = None, ready: str = "ready."
+):
+    """Start ``celery -A config <args>`` against Redis and this run's test database; wait
+    until its log shows ``ready``. The process leads its own session so a test can kill the
+    whole worker (parent and pool children) with ``os.killpg``."""
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    import redis
-
-    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
-    log_path = tmp_path / "worker.log"
-    env = os.environ | {"DATABASE_URL": database_url_for_subprocess(), "DEBUG": "1"}
+    env = (
+        os.environ
+        | {"DATABASE_URL": database_url_for_subprocess(), "DEBUG": "1"}
+        | (extra_env or {})
+    )
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     root = Path(__file__).resolve().parent.parent
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            [sys.executable, "-m", "celery", "-A", "config", *args],
             cwd=root,
             env=env,
             stdout=log,
@@ -174,18 +161,50 @@ def worker_process(transactional_db, tmp_path):
             start_new_session=True,
         )
     deadline = time.monotonic() + 30
-    while "ready." not in log_path.read_text():
+    while ready not in Path(log_path).read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"the worker did not start:\n{log_path.read_text()}")
+            raise RuntimeError(f"celery {args[0]} did not start:\n{Path(log_path).read_text()}")
         time.sleep(0.1)
     proc.log_path = log_path
-    yield proc
+    return proc
+
+
+def stop_process(proc, sig=None) -> None:
     import signal
+    import subprocess
 
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
+        os.killpg(proc.pid, sig or signal.SIGTERM)
+        proc.wait(timeout=15)
     except (subprocess.TimeoutExpired, ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+WORKER_ARGS = [
+    "worker",
+    "--loglevel",
+    "INFO",
+    "--concurrency",
+    "2",
+    "--without-gossip",
+    "--without-mingle",
+    "--without-heartbeat",
+]
+
+
+@pytest.fixture
+def worker_process(transactional_db, tmp_path):
+    """A real Celery worker process on Redis and this run's PostgreSQL test database.
+
+    Yields the ``subprocess.Popen``; its output goes to ``tmp_path/worker.log``. Redis's
+    database is flushed first so that messages from another test cannot leak in.
+    """
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    proc = start_celery(WORKER_ARGS, tmp_path / "worker.log")
+    yield proc
+    stop_process(proc)

@@ -6,6 +6,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from demo import seed
 from rollbacks.estate import import_document, parse
 
 DEMO_PASSWORD = "unwind-demo"  # noqa: S105 - demo logins, listed in the README
@@ -41,3 +42,5 @@ class Command(BaseCommand):
                     groups.append(Group.objects.get_or_create(name=role)[0])
                 user.groups.set(groups)
         self.stdout.write(f"users: {', '.join(DEMO_USERS)} (password {DEMO_PASSWORD!r})")
+        self.stdout.write(seed.prepare_orders_db())
+        self.stdout.write(seed.failed_run(actor="command:seed_demo"))

@@ -1,0 +1,858 @@
+"""The rollback engine: plan, the state machines of rollback, stage and step, and execution.
+
+Every transition is a conditional update (compare-and-set on the current state) in one
+transaction together with its ledger entry; follow-up work goes through the outbox, so it
+is published only after the commit and never lost. Celery messages only nudge: a worker
+re-reads the database and claims a step with a lease and a fencing token, and a late answer
+from an attempt whose token is stale is refused. See docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+import ledger.services as ledger
+from rollbacks import access, outbox, planning, services
+from rollbacks.models import (
+    Attempt,
+    Contract,
+    DependencyMap,
+    ForwardAction,
+    ProcessRun,
+    Rollback,
+    Stage,
+    Step,
+)
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("unwind.engine")
+
+RUN_STEP = "rollbacks.tasks.run_step"
+LEASE = timedelta(seconds=15)  # renewed every LEASE/3 while an attempt runs
+REDISPATCH_AFTER = timedelta(seconds=15)  # a pending step not claimed by then lost its message
+S = Step.State
+R = Rollback.State
+
+
+class EngineError(ValidationError):
+    """The action is not possible in the current state; the message says why."""
+
+
+# Planning ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlannedStep:
+    action: ForwardAction
+    contract: Contract | None
+    kind: str
+    spec: dict
+    is_manual: bool
+    manual_reason: str
+    policy: dict
+
+
+def _step_policy(action_spec: dict) -> dict:
+    backoff = action_spec.get("backoff") or {}
+    return {
+        "retryable": action_spec.get("retryable", True),
+        "max_attempts": action_spec.get("attempts", 3),
+        "backoff_initial_s": backoff.get("initial_s", 1.0),
+        "backoff_max_s": backoff.get("max_s", 30.0),
+        "backoff_multiplier": backoff.get("multiplier", 2.0),
+        "timeout_s": action_spec.get("timeout_s", 30.0),
+    }
+
+
+def _plan_action(action: ForwardAction, contract: Contract | None) -> PlannedStep:
+    """The compensation a contract defines for one forward action; a manual step otherwise."""
+    action_spec = (contract.actions.get(action.action_type) if contract else None) or {}
+    comp = action_spec.get("compensation")
+    manual = ""
+    if contract is None:
+        manual = f"{action.system.slug} has no contract"
+    elif not action_spec:
+        manual = f"contract v{contract.version} of {action.system.slug} does not cover {action.action_type}"
+    elif action_spec.get("point_of_no_return"):
+        manual = "point of no return: a human must undo this"
+    elif not comp:
+        manual = "the contract defines no compensation"
+    elif comp.get("kind") == "manual":
+        manual = "the contract's compensation is manual"
+    spec = comp or {
+        "kind": "manual",
+        "instructions": f"Undo {action.action_type} on {action.system.slug} by hand.",
+    }
+    if manual and spec.get("kind") != "manual":
+        spec = {
+            "kind": "manual",
+            "instructions": spec.get("instructions")
+            or f"Undo {action.action_type} "
+            f"on {action.system.slug} by hand (the automatic compensation would be {spec.get('kind')}).",
+        }
+    return PlannedStep(
+        action, contract, spec["kind"], spec, bool(manual), manual, _step_policy(action_spec)
+    )
+
+
+def _template_context(
+    action: ForwardAction, run: ProcessRun, rollback: Rollback, step: Step
+) -> dict:
+    return {
+        "params": action.params or {},
+        "before": action.before,
+        "after": action.after,
+        "action": {
+            "id": action.pk,
+            "type": action.action_type,
+            "idempotency_key": action.idempotency_key,
+            "system": action.system.slug,
+        },
+        "run": {
+            "id": run.pk,
+            "external_id": run.external_id,
+            "process": run.process,
+            "trace_id": run.trace_id,
+        },
+        "rollback": {
+            "id": rollback.pk,
+            "reason": rollback.reason,
+            "is_drill": rollback.is_drill,
+            "requested_by": rollback.requested_by.get_username() if rollback.requested_by else "",
+        },
+        "step": {"id": step.pk, "idempotency_key": step.idempotency_key},
+    }
+
+
+def _new_trace_id() -> str:
+    return format(random.getrandbits(128) or 1, "032x")
+
+
+def rollback_plan(*, run: ProcessRun, actor: Any, reason: str, is_drill: bool = False) -> Rollback:
+    """Plan the unwind of a run: a step per completed forward action, in stages.
+
+    1. Refuse without a reason, for a run with nothing to undo, or with a rollback under way.
+    2. Pin the newest dependency map and each system's newest contract.
+    3. Every completed action gets the compensation its contract defines; a point of no
+       return, a missing contract or compensation, or a template that cannot be filled
+       becomes a manual step with the reason — nothing is silently dropped.
+    4. Stage the systems with ``planning.plan_stages`` over the pinned map.
+    5. Write rollback, stages and steps with the ledger entry, then ask the approval gate.
+    """
+    from rollbacks.templating import TemplateError, render_compensation
+
+    if not access.can_operate_run(actor, run):
+        access.refuse(
+            actor=actor,
+            action="rollback.plan",
+            subject=run,
+            why="only an operator of the run's teams may plan its rollback",
+        )
+    reason = (reason or "").strip()
+    if not reason:
+        raise EngineError({"reason": "say why this run is being rolled back"})
+    actions = list(
+        run.actions.filter(status=ForwardAction.Status.COMPLETED)
+        .select_related("system")
+        .order_by("sequence")
+    )
+    if not actions:
+        raise EngineError(
+            {"run": f"{run} reported no completed forward action: there is nothing to undo"}
+        )
+    with transaction.atomic():
+        ProcessRun.objects.select_for_update().get(pk=run.pk)
+        if Rollback.objects.filter(run=run).exclude(state__in=Rollback.TERMINAL).exists():
+            raise EngineError({"run": f"{run} already has a rollback under way"})
+        dep_map = DependencyMap.objects.latest_published()
+        contracts = services.latest_contracts({a.system for a in actions})
+        planned = [_plan_action(a, contracts.get(a.system_id)) for a in actions]
+        stages = planning.plan_stages({a.system.slug for a in actions}, services.map_edges(dep_map))
+        stage_of = {slug: i for i, slugs in enumerate(stages, start=1) for slug in slugs}
+        rollback = Rollback.objects.create(
+            run=run,
+            reason=reason,
+            is_drill=is_drill,
+            dependency_map=dep_map,
+            state=R.DRAFT,
+            requested_by=actor if getattr(actor, "is_authenticated", False) else None,
+            trace_id=run.trace_id or _new_trace_id(),
+        )
+        stage_rows = {
+            i: Stage.objects.create(rollback=rollback, index=i) for i in range(1, len(stages) + 1)
+        }
+        for p in planned:
+            step = Step.objects.create(
+                rollback=rollback,
+                stage=stage_rows[stage_of[p.action.system.slug]],
+                forward_action=p.action,
+                system=p.action.system,
+                contract=p.contract,
+                kind=p.kind,
+                is_manual=p.is_manual,
+                manual_reason=p.manual_reason,
+                spec=p.spec,
+                # Stable per forward action: a second rollback of the same action reuses the
+                # key, so a target that already undid it does not undo it twice.
+                idempotency_key=f"unwind-undo-{p.action.pk}",
+                **p.policy,
+            )
+            try:
+                step.spec = render_compensation(
+                    p.spec, _template_context(p.action, run, rollback, step)
+                )
+            except TemplateError as exc:
+                step.is_manual, step.kind = True, "manual"
+                step.manual_reason = f"the compensation could not be filled in: {exc}"
+                step.spec = {
+                    "kind": "manual",
+                    "instructions": f"Undo {p.action.action_type} on {p.action.system.slug} by hand.",
+                }
+            step.save(update_fields=["spec", "is_manual", "kind", "manual_reason"])
+        ledger.record(
+            actor=actor,
+            action="rollback.planned",
+            subject=rollback,
+            rollback_id=rollback.pk,
+            reason=reason,
+            trace_id=rollback.trace_id,
+            payload={
+                "run": run.pk,
+                "dependency_map": dep_map.version if dep_map else None,
+                "contracts": {c.system.slug: c.version for c in contracts.values()},
+                "stages": [[s for s in st] for st in stages],
+                "steps": len(planned),
+                "manual": [p.action.pk for p in planned if p.is_manual],
+                "is_drill": is_drill,
+            },
+        )
+        _submit(rollback, actor)
+    return rollback
+
+
+def _submit(rollback: Rollback, actor: Any) -> None:
+    """Draft → awaiting approval, or → approved when no approval policy applies.
+
+    Governance plugs in here through ``settings.UNWIND_APPROVAL_GATE`` (a dotted path to a
+    function taking the rollback and returning (needs_approval, explanation)); without one,
+    no approval is required.
+    """
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    gate_path = getattr(settings, "UNWIND_APPROVAL_GATE", "")
+    needs, why = (
+        import_string(gate_path)(rollback)
+        if gate_path
+        else (False, "no approval policy is configured")
+    )
+    target = R.AWAITING_APPROVAL if needs else R.APPROVED
+    _transition_rollback(
+        rollback, (R.DRAFT,), target, actor=actor, action="rollback.submitted", reason=why
+    )
+
+
+# Transitions ---------------------------------------------------------------------------------
+
+
+def _transition_rollback(
+    rollback: Rollback, from_states, to_state, *, actor, action, reason="", **fields
+) -> None:
+    updated = Rollback.objects.filter(pk=rollback.pk, state__in=from_states).update(
+        state=to_state, **fields
+    )
+    if not updated:
+        current = Rollback.objects.values_list("state", flat=True).get(pk=rollback.pk)
+        raise EngineError(
+            f"rollback #{rollback.pk} is {Rollback.State(current).label}: cannot {action.split('.')[-1]}"
+        )
+    ledger.record(
+        actor=actor,
+        action=action,
+        subject=rollback,
+        rollback_id=rollback.pk,
+        reason=reason,
+        trace_id=rollback.trace_id,
+        payload={"from": list(from_states), "to": to_state},
+    )
+    rollback.state = to_state
+    for k, v in fields.items():
+        setattr(rollback, k, v)
+
+
+def _require_operator(actor: Any, rollback: Rollback, action: str) -> None:
+    if not access.can_operate(actor, rollback):
+        access.refuse(
+            actor=actor,
+            action=action,
+            subject=rollback,
+            rollback_id=rollback.pk,
+            why="only an operator of the rollback's teams may do this",
+        )
+
+
+def _locked(rollback: Rollback) -> Rollback:
+    return Rollback.objects.select_for_update().get(pk=rollback.pk)
+
+
+def rollback_start(*, rollback: Rollback, actor: Any) -> Rollback:
+    _require_operator(actor, rollback, "rollback.start")
+    with transaction.atomic():
+        rollback = _locked(rollback)
+        _transition_rollback(
+            rollback,
+            (R.APPROVED,),
+            R.RUNNING,
+            actor=actor,
+            action="rollback.started",
+            started_at=timezone.now(),
+        )
+        advance(rollback)
+    return rollback
+
+
+def rollback_pause(*, rollback: Rollback, actor: Any, reason: str = "") -> Rollback:
+    """In-flight steps finish; nothing new starts until resumed."""
+    _require_operator(actor, rollback, "rollback.pause")
+    with transaction.atomic():
+        rollback = _locked(rollback)
+        _transition_rollback(
+            rollback, (R.RUNNING,), R.PAUSED, actor=actor, action="rollback.paused", reason=reason
+        )
+    return rollback
+
+
+def rollback_resume(*, rollback: Rollback, actor: Any) -> Rollback:
+    _require_operator(actor, rollback, "rollback.resume")
+    with transaction.atomic():
+        rollback = _locked(rollback)
+        _transition_rollback(
+            rollback, (R.PAUSED,), R.RUNNING, actor=actor, action="rollback.resumed"
+        )
+        stage = _current_stage(rollback)
+        if stage is not None and stage.state != Stage.State.PENDING:
+            _dispatch(stage.steps.filter(state__in=(S.PENDING, S.RETRY_WAIT)))
+        advance(rollback)
+    return rollback
+
+
+def rollback_abort(*, rollback: Rollback, actor: Any, reason: str) -> Rollback:
+    """Stop for good: pending work is cancelled; steps already running finish and are recorded.
+
+    Ends ``failed`` when a step had failed, else ``aborted``.
+    """
+    _require_operator(actor, rollback, "rollback.abort")
+    if not (reason or "").strip():
+        raise EngineError({"reason": "say why the rollback is aborted"})
+    with transaction.atomic():
+        rollback = _locked(rollback)
+        has_failed = rollback.steps.filter(state=S.FAILED).exists()
+        _transition_rollback(
+            rollback,
+            (R.DRAFT, R.AWAITING_APPROVAL, R.APPROVED, R.RUNNING, R.PAUSED),
+            R.FAILED if has_failed else R.ABORTED,
+            actor=actor,
+            action="rollback.aborted",
+            reason=reason,
+            finished_at=timezone.now(),
+        )
+        rollback.steps.filter(state__in=(S.PENDING, S.RETRY_WAIT, S.WAITING_HUMAN)).update(
+            state=S.CANCELLED
+        )
+        rollback.stages.filter(state=Stage.State.PENDING).update(state=Stage.State.CANCELLED)
+        _write_summary(rollback)
+    return rollback
+
+
+def _step_action(
+    step: Step, actor: Any, action: str, from_states, to_state, *, note: str = "", **fields
+) -> Step:
+    rollback = step.rollback
+    _require_operator(actor, rollback, action)
+    with transaction.atomic():
+        rollback = _locked(rollback)
+        if rollback.is_terminal:
+            raise EngineError(
+                f"rollback #{rollback.pk} is {rollback.get_state_display()}: its steps are final"
+            )
+        updated = Step.objects.filter(pk=step.pk, state__in=from_states).update(
+            state=to_state, **fields
+        )
+        if not updated:
+            current = Step.objects.get(pk=step.pk)
+            raise EngineError(
+                f"step #{step.pk} is {current.get_state_display()}: cannot {action.split('.')[-1]}"
+            )
+        ledger.record(
+            actor=actor,
+            action=action,
+            subject=step,
+            rollback_id=rollback.pk,
+            reason=note,
+            trace_id=rollback.trace_id,
+            payload={"from": list(from_states), "to": to_state, "system": step.system.slug},
+        )
+        if to_state == S.PENDING:
+            _dispatch(Step.objects.filter(pk=step.pk))
+        advance(rollback)
+    step.refresh_from_db()
+    return step
+
+
+def step_retry(*, step: Step, actor: Any) -> Step:
+    """A failed step gets a fresh budget of attempts."""
+    budget = (
+        step.contract.actions.get(step.forward_action.action_type, {}) if step.contract else {}
+    ).get("attempts", 3)
+    return _step_action(
+        step,
+        actor,
+        "step.retried",
+        (S.FAILED,),
+        S.PENDING,
+        max_attempts=F("attempts") + budget,
+        next_attempt_at=None,
+        last_error="",
+    )
+
+
+def step_skip(*, step: Step, actor: Any, reason: str) -> Step:
+    """Give up on a step (its effect stays undone) so that the next stage may start."""
+    if not (reason or "").strip():
+        raise EngineError({"reason": "a skip needs a justification"})
+    return _step_action(
+        step,
+        actor,
+        "step.skipped",
+        (S.PENDING, S.RETRY_WAIT, S.FAILED, S.WAITING_HUMAN),
+        S.SKIPPED,
+        note=reason,
+        human_note=reason,
+        finished_at=timezone.now(),
+    )
+
+
+def step_resolve(*, step: Step, actor: Any, note: str) -> Step:
+    """A human did a manual step (or confirmed it was done)."""
+    if not (note or "").strip():
+        raise EngineError({"note": "say what was done"})
+    return _step_action(
+        step,
+        actor,
+        "step.resolved",
+        (S.WAITING_HUMAN,),
+        S.SUCCEEDED,
+        note=note,
+        human_note=note,
+        finished_at=timezone.now(),
+    )
+
+
+# Advancing stages ---------------------------------------------------------------------------
+
+
+def _current_stage(rollback: Rollback) -> Stage | None:
+    return (
+        rollback.stages.exclude(state__in=(Stage.State.SUCCEEDED, Stage.State.CANCELLED))
+        .order_by("index")
+        .first()
+    )
+
+
+def _dispatch(steps) -> None:
+    now = timezone.now()
+    for step_id, next_at in steps.values_list("pk", "next_attempt_at"):
+        outbox.enqueue(RUN_STEP, at=max(next_at or now, now), step_id=step_id)
+    steps.update(dispatched_at=now)
+
+
+def advance(rollback: Rollback) -> None:
+    """Move a running rollback forward as far as it can go. Idempotent; call it inside a
+    transaction holding the rollback's row lock.
+
+    1. Nothing happens unless the rollback is running (a paused one only records results).
+    2. A pending stage starts: manual steps wait for a human, the others are dispatched.
+    3. A stage whose steps are all succeeded or skipped succeeds; the next one starts (3
+       repeats). A stage with a failed step is halted until a human retries or skips it.
+    4. When no stage is left, the rollback finishes: succeeded, or partially rolled back
+       when something was skipped.
+    """
+    if rollback.state != R.RUNNING:
+        return
+    now = timezone.now()
+    while True:
+        stage = _current_stage(rollback)
+        if stage is None:
+            skipped = rollback.steps.filter(state=S.SKIPPED).exists()
+            _transition_rollback(
+                rollback,
+                (R.RUNNING,),
+                R.PARTIALLY_ROLLED_BACK if skipped else R.SUCCEEDED,
+                actor="worker",
+                action="rollback.finished",
+                finished_at=now,
+            )
+            _write_summary(rollback)
+            return
+        if stage.state == Stage.State.PENDING:
+            Stage.objects.filter(pk=stage.pk, state=Stage.State.PENDING).update(
+                state=Stage.State.RUNNING, started_at=now
+            )
+            ledger.record(
+                actor="worker",
+                action="stage.started",
+                subject=stage,
+                rollback_id=rollback.pk,
+                trace_id=rollback.trace_id,
+                payload={"index": stage.index},
+            )
+            stage.steps.filter(state=S.PENDING, is_manual=True).update(state=S.WAITING_HUMAN)
+            _dispatch(stage.steps.filter(state=S.PENDING, is_manual=False))
+        states = set(stage.steps.values_list("state", flat=True))
+        if states <= set(Step.DONE):
+            Stage.objects.filter(pk=stage.pk).update(state=Stage.State.SUCCEEDED, finished_at=now)
+            ledger.record(
+                actor="worker",
+                action="stage.succeeded",
+                subject=stage,
+                rollback_id=rollback.pk,
+                trace_id=rollback.trace_id,
+                payload={"index": stage.index},
+            )
+            continue
+        halted = S.FAILED in states
+        wanted = Stage.State.HALTED if halted else Stage.State.RUNNING
+        if stage.state != wanted and Stage.objects.filter(pk=stage.pk).exclude(state=wanted).update(
+            state=wanted
+        ):
+            ledger.record(
+                actor="worker",
+                action="stage.halted" if halted else "stage.running",
+                subject=stage,
+                rollback_id=rollback.pk,
+                trace_id=rollback.trace_id,
+                payload={"index": stage.index},
+            )
+        return
+
+
+def rollback_outcome(rollback: Rollback) -> dict[str, list[str]]:
+    """What was undone and what was not, in words an operator reads at 3 a.m."""
+    undone, not_undone = [], []
+    for step in rollback.steps.select_related("system", "forward_action").order_by(
+        "stage__index", "id"
+    ):
+        what = f"{step.forward_action.action_type} on {step.system.slug}"
+        if step.state == S.SUCCEEDED:
+            undone.append(what + (f" (by hand: {step.human_note})" if step.is_manual else ""))
+        elif step.state == S.SKIPPED:
+            not_undone.append(f"{what}: skipped — {step.human_note}")
+        else:
+            not_undone.append(
+                f"{what}: {step.get_state_display()}"
+                + (f" — {step.last_error}" if step.last_error else "")
+            )
+    return {"undone": undone, "not_undone": not_undone}
+
+
+def _write_summary(rollback: Rollback) -> None:
+    outcome = rollback_outcome(rollback)
+    text = f"Undone: {len(outcome['undone'])} of {len(outcome['undone']) + len(outcome['not_undone'])} steps."
+    if outcome["not_undone"]:
+        text += " Not undone: " + "; ".join(outcome["not_undone"]) + "."
+    Rollback.objects.filter(pk=rollback.pk).update(outcome_summary=text)
+    rollback.outcome_summary = text
+
+
+# Execution ----------------------------------------------------------------------------------
+
+
+def _backoff(step: Step) -> timedelta:
+    """Exponential backoff with equal jitter: half fixed, half random."""
+    delay = min(
+        step.backoff_max_s,
+        step.backoff_initial_s * step.backoff_multiplier ** max(step.attempts - 1, 0),
+    )
+    return timedelta(seconds=delay / 2 + random.uniform(0, delay / 2))
+
+
+def _claim(step_id: int, worker: str) -> tuple[Step, Attempt] | None:
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = (
+            # Only a step of the stage under way, of a running rollback: a stray or early
+            # message for a later stage finds nothing to claim (the order invariant).
+            Step.objects.filter(
+                pk=step_id,
+                state__in=(S.PENDING, S.RETRY_WAIT),
+                is_manual=False,
+                rollback__state=R.RUNNING,
+                stage__state__in=(Stage.State.RUNNING, Stage.State.HALTED),
+            )
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .update(
+                state=S.RUNNING,
+                attempts=F("attempts") + 1,
+                fencing_token=F("fencing_token") + 1,
+                lease_expires_at=now + LEASE,
+            )
+        )
+        if not claimed:
+            return None
+        step = Step.objects.select_related("rollback", "system", "forward_action").get(pk=step_id)
+        attempt = Attempt.objects.create(
+            step=step,
+            number=step.attempts,
+            fencing_token=step.fencing_token,
+            worker=worker,
+            started_at=now,
+            trace_id=step.rollback.trace_id,
+        )
+        ledger.record(
+            actor="worker",
+            action="step.attempt.started",
+            subject=step,
+            rollback_id=step.rollback_id,
+            trace_id=step.rollback.trace_id,
+            payload={
+                "attempt": step.attempts,
+                "fencing_token": step.fencing_token,
+                "worker": worker,
+            },
+        )
+    return step, attempt
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews the lease while an attempt runs, so a long compensation keeps it and a killed
+    worker loses it within one lease period, whatever the broker does."""
+
+    def __init__(self, step: Step):
+        super().__init__(daemon=True)
+        self.step, self.stopped = step, threading.Event()
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stopped.wait(LEASE.total_seconds() / 3):
+                Step.objects.filter(
+                    pk=self.step.pk, fencing_token=self.step.fencing_token, state=S.RUNNING
+                ).update(lease_expires_at=timezone.now() + LEASE)
+        finally:
+            connection.close()
+
+
+def _traceparent(trace_id: str) -> tuple[str, Any]:
+    parent = SpanContext(
+        trace_id=int(trace_id, 16),
+        span_id=random.getrandbits(64) or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+def step_run(*, step_id: int, worker: str = "worker") -> str:
+    """Claim, execute outside any transaction, record. Returns what happened (for logs and tests)."""
+    from rollbacks.executors import ExecutorError, StepWork, executor_for
+
+    claimed = _claim(step_id, worker)
+    if claimed is None:
+        return "not claimable"
+    step, attempt = claimed
+    keeper = _LeaseKeeper(step)
+    keeper.start()
+    try:
+        with tracer.start_as_current_span(
+            f"compensate {step.system.slug}", context=_traceparent(step.rollback.trace_id)
+        ):
+            headers: dict[str, str] = {}
+            inject(headers)
+            work = StepWork(
+                kind=step.kind,
+                spec=step.spec,
+                idempotency_key=step.idempotency_key,
+                timeout_s=step.timeout_s,
+                traceparent=headers.get("traceparent", ""),
+                before=step.forward_action.before,
+                after=step.forward_action.after,
+            )
+            try:
+                result = executor_for(step.kind).execute(work)
+                return _record(step, attempt, ok=True, output=result.output)
+            except ExecutorError as exc:
+                return _record(step, attempt, ok=False, error=str(exc), permanent=exc.permanent)
+            except Exception as exc:  # a bug or an unexpected driver error: never lose the step
+                log.exception("step %s: unexpected error", step.pk)
+                return _record(
+                    step, attempt, ok=False, error=f"{type(exc).__name__}: {exc}", permanent=False
+                )
+    finally:
+        keeper.stopped.set()
+        keeper.join(timeout=5)
+
+
+def _record(
+    step: Step,
+    attempt: Attempt,
+    *,
+    ok: bool,
+    output: dict | None = None,
+    error: str = "",
+    permanent: bool = False,
+) -> str:
+    now = timezone.now()
+    with transaction.atomic():
+        rollback = Rollback.objects.select_for_update().get(pk=step.rollback_id)
+        mine = Step.objects.filter(pk=step.pk, fencing_token=attempt.fencing_token, state=S.RUNNING)
+        if ok:
+            outcome, fields, verdict = (
+                Attempt.Outcome.SUCCEEDED,
+                {
+                    "state": S.SUCCEEDED,
+                    "finished_at": now,
+                    "output": output or {},
+                    "last_error": "",
+                },
+                "succeeded",
+            )
+        elif not permanent and step.retryable and step.attempts < step.max_attempts:
+            retry_at = now + _backoff(step)
+            outcome, fields, verdict = (
+                Attempt.Outcome.TRANSIENT,
+                {"state": S.RETRY_WAIT, "next_attempt_at": retry_at, "last_error": error},
+                "will retry",
+            )
+        else:
+            why = (
+                "permanent error"
+                if permanent
+                else ("not retryable" if not step.retryable else f"{step.attempts} attempts used")
+            )
+            outcome = Attempt.Outcome.PERMANENT if permanent else Attempt.Outcome.TRANSIENT
+            fields, verdict = (
+                {"state": S.FAILED, "last_error": f"{error} ({why}; waiting for a human)"},
+                "failed",
+            )
+        if not mine.update(lease_expires_at=None, **fields):
+            # Our lease expired and the step was handed to someone else: a zombie's answer.
+            Attempt.objects.filter(pk=attempt.pk).update(
+                outcome=Attempt.Outcome.REFUSED, finished_at=now, error=error, output=output or {}
+            )
+            ledger.record(
+                actor="worker",
+                action="step.attempt.refused",
+                subject=step,
+                rollback_id=rollback.pk,
+                trace_id=rollback.trace_id,
+                outcome="refused",
+                payload={"attempt": attempt.number, "fencing_token": attempt.fencing_token},
+            )
+            return "refused"
+        Attempt.objects.filter(pk=attempt.pk).update(
+            outcome=outcome, finished_at=now, error=error, output=output or {}
+        )
+        ledger.record(
+            actor="worker",
+            action=f"step.attempt.{'succeeded' if ok else 'failed'}",
+            subject=step,
+            rollback_id=rollback.pk,
+            trace_id=rollback.trace_id,
+            outcome="ok" if ok else "failed",
+            reason=error,
+            payload={
+                "attempt": attempt.number,
+                "verdict": verdict,
+                "output": output or {},
+                "permanent": permanent,
+            },
+        )
+        if fields["state"] == S.RETRY_WAIT:
+            _dispatch(Step.objects.filter(pk=step.pk))
+        if rollback.is_terminal:  # aborted while this attempt ran: its effect still counts
+            _write_summary(rollback)
+        advance(rollback)
+    return verdict
+
+
+# The sweeper --------------------------------------------------------------------------------
+
+
+def sweep() -> dict[str, int]:
+    """Recover what crashes left behind. Safe to run anywhere, any number of times at once.
+
+    1. Steps whose lease expired (the worker died): the attempt is marked lost, the fencing
+       token is bumped so a zombie's late answer is refused, and the step is retried — or
+       waits for a human when its attempts are used up.
+    2. Pending steps of running rollbacks whose message was lost are dispatched again.
+    3. Outbox rows that a crash between commit and publish left unsent are published.
+    """
+    now = timezone.now()
+    counts = {"expired": 0, "redispatched": 0, "published": 0}
+    for step_id in Step.objects.filter(state=S.RUNNING, lease_expires_at__lt=now).values_list(
+        "pk", flat=True
+    ):
+        with transaction.atomic():
+            step = (
+                Step.objects.select_for_update()
+                .filter(pk=step_id, state=S.RUNNING, lease_expires_at__lt=now)
+                .first()
+            )
+            if step is None:
+                continue
+            rollback = _locked(step.rollback)
+            exhausted = step.attempts >= step.max_attempts
+            Step.objects.filter(pk=step.pk).update(
+                state=S.FAILED if exhausted else S.RETRY_WAIT,
+                fencing_token=F("fencing_token") + 1,
+                lease_expires_at=None,
+                next_attempt_at=now,
+                last_error="the worker running this step stopped answering (lease expired)"
+                + ("; attempts used up, waiting for a human" if exhausted else ""),
+            )
+            Attempt.objects.filter(step=step, outcome=Attempt.Outcome.RUNNING).update(
+                outcome=Attempt.Outcome.LOST, finished_at=now, error="lease expired"
+            )
+            ledger.record(
+                actor="sweeper",
+                action="step.lease_expired",
+                subject=step,
+                rollback_id=rollback.pk,
+                trace_id=rollback.trace_id,
+                outcome="failed",
+                payload={"attempt": step.attempts, "fencing_token": step.fencing_token},
+            )
+            if not exhausted and rollback.state == R.RUNNING:
+                _dispatch(Step.objects.filter(pk=step.pk))
+            advance(rollback)
+            counts["expired"] += 1
+    stale = (
+        Step.objects.filter(
+            state__in=(S.PENDING, S.RETRY_WAIT),
+            rollback__state=R.RUNNING,
+            stage__state__in=(Stage.State.RUNNING, Stage.State.HALTED),
+        )
+        .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=now - REDISPATCH_AFTER))
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=now - REDISPATCH_AFTER))
+    )
+    with transaction.atomic():
+        ids = list(stale.values_list("pk", flat=True)[:1000])
+        if ids:
+            _dispatch(Step.objects.filter(pk__in=ids))
+        counts["redispatched"] = len(ids)
+    counts["published"] = outbox.publish_due()
+    return counts

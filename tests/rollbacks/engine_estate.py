@@ -1,0 +1,133 @@
+"""A three-stage estate against real loopback targets, shared by the engine tests.
+
+flags (stage 1, simulated) → orders-api (stage 2, HTTP to the loopback target)
+→ orders-db (stage 3, SQL on a target database), plus payment-gateway (a point of no
+return: a manual step, stage 3 as well).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from rollbacks import runs, services
+from rollbacks.models import DependencyEdge
+
+BEFORE = DependencyEdge.Kind.BEFORE
+
+
+def build(make_system, base_url: str, *, orders_db_url_env: str = "orders", api_compensation=None):
+    systems = {
+        "flags": make_system("flags", kind="feature_flag", team="payments", tier=3),
+        "orders-api": make_system("orders-api"),
+        "orders-db": make_system("orders-db", kind="database", tier=1),
+        "payment-gateway": make_system("payment-gateway", kind="third_party_api", tier=1),
+    }
+    services.dependency_map_publish(
+        edges=[
+            (BEFORE, "flags", "orders-api"),
+            (BEFORE, "orders-api", "orders-db"),
+            (BEFORE, "orders-api", "payment-gateway"),
+        ],
+        actor="test",
+    )
+    policy = {"attempts": 3, "backoff": {"initial_s": 0.05, "max_s": 0.1}, "timeout_s": 5}
+    services.contract_publish(
+        system=systems["flags"],
+        actor="test",
+        actions={
+            "enable_flag": {"compensation": {"kind": "simulated", "latency_ms": 10}, **policy}
+        },
+    )
+    services.contract_publish(
+        system=systems["orders-api"],
+        actor="test",
+        actions={
+            "create_order": {
+                "compensation": api_compensation
+                or {
+                    "kind": "http",
+                    "method": "POST",
+                    "url": base_url + "/orders-api/orders/{params.order_id}/cancel",
+                    "body": {"reason": "{rollback.reason}"},
+                },
+                **policy,
+            }
+        },
+    )
+    services.contract_publish(
+        system=systems["orders-db"],
+        actor="test",
+        actions={
+            "insert_order": {
+                "compensation": {
+                    "kind": "sql",
+                    "database": orders_db_url_env,
+                    "statement": "DELETE FROM orders WHERE id = %(id)s",
+                    "params": {"id": "{params.order_id}"},
+                },
+                **policy,
+            }
+        },
+    )
+    services.contract_publish(
+        system=systems["payment-gateway"],
+        actor="test",
+        actions={"capture_payment": {"point_of_no_return": True}},
+    )
+    return systems
+
+
+def failed_run(*, orders: int = 1, with_payment: bool = True, external_id: str = "run-1"):
+    run, _ = runs.run_register(process="checkout-migration", external_id=external_id, actor="test")
+    runs.action_report(
+        run=run,
+        system_slug="flags",
+        action_type="enable_flag",
+        idempotency_key="a-flag",
+        actor="test",
+        params={"flag": "new-checkout"},
+    )
+    for i in range(1, orders + 1):
+        runs.action_report(
+            run=run,
+            system_slug="orders-db",
+            action_type="insert_order",
+            idempotency_key=f"a-db-{i}",
+            actor="test",
+            params={"order_id": i},
+        )
+        runs.action_report(
+            run=run,
+            system_slug="orders-api",
+            action_type="create_order",
+            idempotency_key=f"a-api-{i}",
+            actor="test",
+            params={"order_id": i},
+        )
+    if with_payment:
+        runs.action_report(
+            run=run,
+            system_slug="payment-gateway",
+            action_type="capture_payment",
+            idempotency_key="a-pay",
+            actor="test",
+            params={"payment_id": "pay_1"},
+        )
+    runs.run_fail(run=run, reason="step 4 of 5 timed out", actor="test")
+    return run
+
+
+def make_orders_db(path, ids) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, status TEXT)")
+    conn.executemany("INSERT INTO orders (id, status) VALUES (?, 'new')", [(i,) for i in ids])
+    conn.commit()
+    conn.close()
+
+
+def order_ids(path) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT id FROM orders ORDER BY id")]
+    finally:
+        conn.close()
