@@ -149,25 +149,41 @@ def _schema_errors(validator: Draft202012Validator, value: Any, prefix: str) -> 
     return errors
 
 
-def template_fields(value: Any) -> list[str]:
-    """Every ``{root.field}`` named in a template (strings inside dicts and lists too)."""
+def _template_parts(value: Any) -> list[tuple[str, str | None, str | None]]:
+    """(field, format spec, conversion) of every ``{…}`` in a template, nested values too;
+    a malformed template gives ``("!<why>", None, None)``."""
     if isinstance(value, dict):
-        return [f for v in value.values() for f in template_fields(v)]
+        return [p for v in value.values() for p in _template_parts(v)]
     if isinstance(value, list):
-        return [f for v in value for f in template_fields(v)]
+        return [p for v in value for p in _template_parts(v)]
     if not isinstance(value, str):
         return []
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        parsed = list(string.Formatter().parse(value))
     except ValueError as exc:
-        return [f"!{exc}"]
+        return [(f"!{exc}", None, None)]
+    return [(name, spec, conv) for _, name, spec, conv in parsed if name is not None]
+
+
+def template_fields(value: Any) -> list[str]:
+    """Every ``{root.field}`` named in a template (strings inside dicts and lists too)."""
+    return [field for field, _, _ in _template_parts(value)]
 
 
 def template_errors(value: Any, path: str) -> list[Error]:
+    """The same rules the renderer (``rollbacks/templating.py``) applies, checked at publish time."""
     errors = []
-    for field in template_fields(value):
+    for field, spec, conversion in _template_parts(value):
         if field.startswith("!"):
             errors.append((path, f"is not a valid template: {field[1:]}"))
+            continue
+        if spec or conversion:
+            errors.append(
+                (
+                    path,
+                    f"template {{{field}}}: conversions (!r) and format specs (:…) are not allowed",
+                )
+            )
             continue
         root, _, rest = field.partition(".")
         if root not in TEMPLATE_ROOTS:
@@ -212,6 +228,10 @@ def validate_actions(actions: Any) -> list[Error]:
                 errors.append(
                     (_join(action_type, "backoff.max_s"), f"must be at least initial_s ({initial})")
                 )
+        # Verification templates are checked whatever the compensation is (or is not).
+        if isinstance(spec.get("verification"), dict):
+            for key, value in spec["verification"].items():
+                errors += template_errors(value, _join(action_type, "verification", key))
         comp = spec.get("compensation")
         if comp is None:
             if not spec.get("point_of_no_return"):
@@ -237,11 +257,15 @@ def validate_actions(actions: Any) -> list[Error]:
             _compensation_validators[kind], comp, _join(action_type, "compensation")
         )
         for key, value in comp.items():
-            if key != "kind":
+            if kind == "sql" and key == "statement" and template_fields(value):
+                errors.append(
+                    (
+                        _join(action_type, "compensation.statement"),
+                        "must not contain templates: name values as %(name)s and fill them in params",
+                    )
+                )
+            elif key != "kind":
                 errors += template_errors(value, _join(action_type, "compensation", key))
-        if isinstance(spec.get("verification"), dict):
-            for key, value in spec["verification"].items():
-                errors += template_errors(value, _join(action_type, "verification", key))
     return errors
 
 

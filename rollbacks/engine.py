@@ -48,7 +48,8 @@ R = Rollback.State
 
 
 class EngineError(ValidationError):
-    """The action is not possible in the current state; the message says why."""
+    """The action is not possible; built from {field: message} so callers can name the field
+    (``state`` when the current state forbids it)."""
 
 
 # Planning ------------------------------------------------------------------------------------
@@ -277,7 +278,9 @@ def _transition_rollback(
     if not updated:
         current = Rollback.objects.values_list("state", flat=True).get(pk=rollback.pk)
         raise EngineError(
-            f"rollback #{rollback.pk} is {Rollback.State(current).label}: cannot {action.split('.')[-1]}"
+            {
+                "state": f"rollback #{rollback.pk} is {Rollback.State(current).label}: cannot {action.split('.')[-1]}"
+            }
         )
     ledger.record(
         actor=actor,
@@ -386,7 +389,9 @@ def _step_action(
         rollback = _locked(rollback)
         if rollback.is_terminal:
             raise EngineError(
-                f"rollback #{rollback.pk} is {rollback.get_state_display()}: its steps are final"
+                {
+                    "state": f"rollback #{rollback.pk} is {rollback.get_state_display()}: its steps are final"
+                }
             )
         updated = Step.objects.filter(pk=step.pk, state__in=from_states).update(
             state=to_state, **fields
@@ -394,7 +399,9 @@ def _step_action(
         if not updated:
             current = Step.objects.get(pk=step.pk)
             raise EngineError(
-                f"step #{step.pk} is {current.get_state_display()}: cannot {action.split('.')[-1]}"
+                {
+                    "state": f"step #{step.pk} is {current.get_state_display()}: cannot {action.split('.')[-1]}"
+                }
             )
         ledger.record(
             actor=actor,

@@ -116,9 +116,9 @@ def validate(doc: Any) -> list[tuple[str, str]]:
             systems.add(slug)
         if not isinstance(system.get("name"), str) or not system["name"].strip():
             errors.append((f"{path}.name", "is required"))
-        if system.get("kind") not in kinds:
+        if not isinstance(system.get("kind"), str) or system["kind"] not in kinds:
             errors.append((f"{path}.kind", f"must be one of {', '.join(sorted(kinds))}"))
-        if system.get("team") not in teams:
+        if not isinstance(system.get("team"), str) or system["team"] not in teams:
             errors.append((f"{path}.team", f"unknown team {system.get('team')!r}"))
         tier = system.get("tier")
         if not isinstance(tier, int) or isinstance(tier, bool) or not 1 <= tier <= 4:
@@ -131,6 +131,7 @@ def validate(doc: Any) -> list[tuple[str, str]]:
             errors.append((f"{path}.health", message))
 
     edges: list[planning.Edge] = []
+    seen_edges: dict[tuple, int] = {}
     for i, dep in enumerate(_list(doc, "dependencies", errors)):
         path = f"dependencies[{i}]"
         if isinstance(dep, dict) and set(dep) == {"unwind", "before"}:
@@ -145,14 +146,20 @@ def validate(doc: Any) -> list[tuple[str, str]]:
             continue
         bad = False
         for name, slug in zip(names, pair, strict=True):
-            if slug not in systems:
+            if not isinstance(slug, str) or slug not in systems:
                 errors.append((f"{path}.{name}", f"unknown system {slug!r}"))
                 bad = True
         if not bad and pair[0] == pair[1]:
             errors.append((path, f"{pair[0]} cannot depend on itself"))
             bad = True
-        if not bad:
-            edges.append(planning.Before(*pair) if "unwind" in dep else planning.Tandem(*pair))
+        if bad:
+            continue
+        key = pair if "unwind" in dep else ("tandem", *sorted(pair))
+        if key in seen_edges:
+            errors.append((path, f"repeats dependencies[{seen_edges[key]}]"))
+            continue
+        seen_edges[key] = i
+        edges.append(planning.Before(*pair) if "unwind" in dep else planning.Tandem(*pair))
     if edges:
         try:
             planning.check_acyclic(edges)
@@ -166,7 +173,7 @@ def validate(doc: Any) -> list[tuple[str, str]]:
             errors.append((path, "must be a mapping with system and actions"))
             continue
         slug = contract.get("system")
-        if slug not in systems:
+        if not isinstance(slug, str) or slug not in systems:
             errors.append((f"{path}.system", f"unknown system {slug!r}"))
         elif slug in contracted:
             errors.append((f"{path}.system", f"{slug!r} has two contracts; merge their actions"))

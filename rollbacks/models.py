@@ -417,7 +417,8 @@ class Step(models.Model):
     state = models.CharField(
         max_length=20, choices=State.choices, default=State.PENDING, db_index=True
     )
-    idempotency_key = models.CharField(max_length=100, unique=True)
+    # Not unique: a second rollback of the same forward action reuses its key on purpose.
+    idempotency_key = models.CharField(max_length=100, db_index=True)
     retryable = models.BooleanField(default=True)
     max_attempts = models.PositiveIntegerField(default=3)
     backoff_initial_s = models.FloatField(default=1.0)

@@ -62,9 +62,14 @@ def action_report(
     existing = ForwardAction.objects.filter(run=run, idempotency_key=idempotency_key).first()
     if existing is not None:
         return existing, False
-    system = System.objects.filter(slug=system_slug).first()
+    systems = System.objects.all() if isinstance(actor, str) else System.objects.visible_to(actor)
+    system = systems.filter(slug=system_slug).first()
     if system is None:
-        raise EngineError({"system": f"unknown system {system_slug!r}"})
+        # An account reports only on its teams' systems: otherwise it could plan compensations
+        # against another team's systems with parameters of its choosing.
+        raise EngineError(
+            {"system": f"unknown system {system_slug!r}, or not one of your teams' systems"}
+        )
     if status not in ForwardAction.Status.values:
         raise EngineError({"status": f"must be one of {', '.join(ForwardAction.Status.values)}"})
     try:

@@ -188,7 +188,9 @@ def run_plan(request: HttpRequest, pk: int) -> HttpResponse:
                 f"Rollback #{rollback.pk} planned: {rollback.get_state_display()}.",
             )
             return redirect("rollback", pk=rollback.pk)
-    return render(request, "rollbacks/run_detail.html", _run_context(request, run, form), status=400)
+    return render(
+        request, "rollbacks/run_detail.html", _run_context(request, run, form), status=400
+    )
 
 
 # Rollbacks ----------------------------------------------------------------------------------
@@ -312,7 +314,7 @@ ROLLBACK_ACTIONS: dict[str, tuple[type[Form], Callable[..., Any], str]] = {
         "Rollback #{pk} paused: steps in flight finish, nothing new starts.",
     ),
     "resume": (forms.NoInputForm, engine.rollback_resume, "Rollback #{pk} resumed."),
-    "abort": (forms.AbortForm, engine.rollback_abort, "Rollback #{pk} aborted: it ended {state}."),
+    "abort": (forms.AbortForm, engine.rollback_abort, "Rollback #{pk} aborted."),
 }
 
 STEP_ACTIONS: dict[str, tuple[type[Form], Callable[..., Any], str]] = {
@@ -320,6 +322,10 @@ STEP_ACTIONS: dict[str, tuple[type[Form], Callable[..., Any], str]] = {
     "skip": (forms.SkipForm, engine.step_skip, "Step {pk} skipped: its effect stays undone."),
     "resolve": (forms.ResolveForm, engine.step_resolve, "Step {pk} marked as done by hand."),
 }
+
+
+# The names the engine records for these actions, so that a refusal reads the same.
+STEP_LEDGER_ACTIONS = {"retry": "step.retried", "skip": "step.skipped", "resolve": "step.resolved"}
 
 
 def _service_kwargs(form: Form) -> dict[str, Any]:
@@ -340,7 +346,9 @@ def rollback_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         rollback = service(rollback=rollback, actor=request.user, **_service_kwargs(form))
     except engine.EngineError as exc:
         return _answer(request, rollback, False, _service_error(exc))
-    text = done.format(pk=rollback.pk, state=rollback.get_state_display())
+    text = done.format(pk=rollback.pk)
+    if action == "abort" and rollback.state == R.FAILED:
+        text = f"Rollback #{rollback.pk} aborted: it ends failed, because a step had failed."
     return _answer(request, rollback, True, text)
 
 
@@ -355,7 +363,7 @@ def step_action(request: HttpRequest, pk: int, step_id: int, action: str) -> Htt
         rollback=rollback,
     )
     form_class, service, done = STEP_ACTIONS[action]
-    _require_operator(request, rollback, f"step.{action}")
+    _require_operator(request, rollback, STEP_LEDGER_ACTIONS[action])
     form = form_class(request.POST)
     if not form.is_valid():
         return _answer(request, rollback, False, forms.errors_text(form))

@@ -379,6 +379,26 @@ def test_a_second_rollback_while_one_is_under_way_is_refused(client, estate, tok
     assert Rollback.objects.count() == 1
 
 
+def test_a_run_can_be_rolled_back_again_after_an_aborted_rollback(
+    client, estate, token, payments_bot
+):
+    run_id = _register(client, token)
+    _report_all(client, token, run_id)
+    first = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "x"}, token).json()
+    engine.rollback_abort(
+        rollback=Rollback.objects.get(pk=first["id"]), actor=payments_bot, reason="wrong plan"
+    )
+    response = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "again"}, token)
+    assert response.status_code == 201
+    # The second plan reuses the first one's idempotency keys: a target that already undid
+    # an action sees the same key and does not undo it twice.
+    keys = [
+        {s.idempotency_key for s in Rollback.objects.get(pk=pk).steps.all()}
+        for pk in (first["id"], response.json()["id"])
+    ]
+    assert keys[0] == keys[1]
+
+
 # --------------------------------------------------------------------------- who may do what
 
 

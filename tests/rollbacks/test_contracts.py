@@ -64,10 +64,25 @@ def test_every_contract_in_the_demo_estate_is_valid():
 @pytest.mark.parametrize(
     "compensation",
     [
-        {"kind": "sql", "database": "orders", "statement": "DELETE FROM o WHERE id = {params.id}"},
-        {"kind": "sql_restore", "database": "orders", "table": "orders", "key": {"id": "{before.id}"}},
-        {"kind": "flag", "base_url": "https://flags.example", "feature": "{params.flag}",
-         "environment": "production", "project": "default"},
+        {
+            "kind": "sql",
+            "database": "orders",
+            "statement": "DELETE FROM o WHERE id = %(id)s",
+            "params": {"id": "{params.id}"},
+        },
+        {
+            "kind": "sql_restore",
+            "database": "orders",
+            "table": "orders",
+            "key": {"id": "{before.id}"},
+        },
+        {
+            "kind": "flag",
+            "base_url": "https://flags.example",
+            "feature": "{params.flag}",
+            "environment": "production",
+            "project": "default",
+        },
         {"kind": "manual", "instructions": "Refund {params.payment_id} by hand ({action.id})."},
         {"kind": "simulated"},
         {"kind": "simulated", "latency_ms": 0, "failure_rate": 1},
@@ -188,9 +203,48 @@ def test_template_in_a_verification_is_checked():
 
 
 def test_template_inside_a_list_is_checked():
-    actions = {"x": {"compensation": {"kind": "sql", "database": "d", "statement": "s",
-                                      "params": {"ids": ["{params.a}", "{nope.b}"]}}}}
+    actions = {
+        "x": {
+            "compensation": {
+                "kind": "sql",
+                "database": "d",
+                "statement": "s",
+                "params": {"ids": ["{params.a}", "{nope.b}"]},
+            }
+        }
+    }
     assert paths(validate_actions(actions)) == ["x.compensation.params"]
+
+
+def test_template_in_a_verification_is_checked_without_a_compensation():
+    actions = {
+        "capture": {
+            "point_of_no_return": True,
+            "verification": {"kind": "http", "url": "http://x/{rollback.nope}"},
+        }
+    }
+    assert paths(validate_actions(actions)) == ["capture.verification.url"]
+
+
+@pytest.mark.parametrize(
+    "template", ["{params.x!r}", "{params.x:>10}", "{params.x:{rollback.nope}}"]
+)
+def test_a_conversion_or_format_spec_in_a_template_is_refused(template):
+    actions = {"x": {"compensation": {"kind": "manual", "instructions": template}}}
+    assert paths(validate_actions(actions)) == ["x.compensation.instructions"]
+
+
+def test_a_template_in_a_sql_statement_is_refused():
+    actions = {
+        "x": {
+            "compensation": {
+                "kind": "sql",
+                "database": "orders",
+                "statement": "DELETE FROM o WHERE id = {params.id}",
+            }
+        }
+    }
+    assert paths(validate_actions(actions)) == ["x.compensation.statement"]
 
 
 def test_unknown_field_of_an_action_is_refused():
@@ -220,7 +274,10 @@ def test_unknown_field_of_a_compensation_is_refused():
         ({"verification": {"kind": "smoke"}}, "create_order.verification.kind"),
         ({"verification": {"url": "http://x/"}}, "create_order.verification.kind"),
         ({"backoff": {"initial_s": 0, "max_s": 1}}, "create_order.backoff.initial_s"),
-        ({"backoff": {"initial_s": 1, "max_s": 2, "multiplier": 0.5}}, "create_order.backoff.multiplier"),
+        (
+            {"backoff": {"initial_s": 1, "max_s": 2, "multiplier": 0.5}},
+            "create_order.backoff.multiplier",
+        ),
     ],
 )
 def test_out_of_range_action_fields_name_their_path(change, path):
@@ -246,8 +303,16 @@ def test_bad_http_compensation_fields_name_their_path(change, path):
 
 
 def test_sql_restore_table_must_be_an_identifier():
-    actions = {"x": {"compensation": {"kind": "sql_restore", "database": "d",
-                                      "table": "orders; DROP TABLE x", "key": {"id": 1}}}}
+    actions = {
+        "x": {
+            "compensation": {
+                "kind": "sql_restore",
+                "database": "d",
+                "table": "orders; DROP TABLE x",
+                "key": {"id": 1},
+            }
+        }
+    }
     assert paths(validate_actions(actions)) == ["x.compensation.table"]
 
 
@@ -313,8 +378,13 @@ def test_format_errors_prefixes_each_path():
 
 @pytest.mark.parametrize(
     "check",
-    [None, {}, {"http": "http://127.0.0.1:9100/health"}, {"http": "https://x.example/h"},
-     {"sql": "orders"}],
+    [
+        None,
+        {},
+        {"http": "http://127.0.0.1:9100/health"},
+        {"http": "https://x.example/h"},
+        {"sql": "orders"},
+    ],
 )
 def test_good_health_checks_have_no_errors(check):
     assert health_check_errors(check) == []

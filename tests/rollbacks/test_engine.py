@@ -337,3 +337,26 @@ def test_outbox_rows_left_unsent_by_a_crash_are_published_by_the_sweeper(
         ("rollbacks.tasks.run_step", {"step_id": rollback.steps.get(system__slug="flags").pk})
     ]
     assert Outbox.objects.filter(sent_at__isnull=True).count() == 0
+
+
+def test_an_account_reports_actions_only_on_its_teams_systems(estate, django_user_model):
+    from django.contrib.auth.models import Group
+
+    from rollbacks import runs
+
+    platform_bot = django_user_model.objects.create_user("platform-bot")
+    platform_bot.groups.set(
+        [Group.objects.get(name="team:platform"), Group.objects.get_or_create(name="operator")[0]]
+    )
+    run, _ = runs.run_register(process="p", external_id="x", actor=platform_bot)
+    with pytest.raises(engine.EngineError) as exc:
+        runs.action_report(
+            run=run,
+            system_slug="orders-db",
+            action_type="insert_order",
+            idempotency_key="k",
+            actor=platform_bot,
+            params={"order_id": 1},
+        )
+    assert "not one of your teams' systems" in exc.value.message_dict["system"][0]
+    assert run.actions.count() == 0

@@ -111,7 +111,7 @@ def _state(rollback: Rollback) -> str:
     return rollback.state
 
 
-def _action(rollback, action, **data):
+def _action(rollback, action):
     return reverse("rollback-action", kwargs={"pk": rollback.pk, "action": action})
 
 
@@ -216,15 +216,15 @@ def test_planning_creates_the_rollback_and_redirects_to_it(client, alice, run):
     assert "drill" in page
 
 
-def test_planning_without_a_reason_is_refused_with_the_error_next_to_the_field(
-    client, alice, run
-):
+def test_planning_without_a_reason_is_refused_with_the_error_next_to_the_field(client, alice, run):
     response = _login(client, alice).post(reverse("run-plan", args=[run.pk]), {"reason": "  "})
     text = _text(response)
     assert response.status_code == 400
     assert "Say why this run is being rolled back." in text
-    assert text.index('for="id_reason"') < text.index("Say why this run") < text.index(
-        "Plan rollback</button>"
+    assert (
+        text.index('for="id_reason"')
+        < text.index("Say why this run")
+        < text.index("Plan rollback</button>")
     )
     assert 'aria-invalid="true"' in text
     assert not Rollback.objects.exists()
@@ -298,7 +298,9 @@ def test_outsider_gets_404_on_run_and_rollback_pages_and_actions(client, mallory
     step = _steps(rollback).first()
     assert client.get(reverse("run", args=[rollback.run.pk])).status_code == 404
     assert client.get(reverse("rollback", args=[rollback.pk])).status_code == 404
-    assert client.post(reverse("run-plan", args=[rollback.run.pk]), {"reason": "x"}).status_code == 404
+    assert (
+        client.post(reverse("run-plan", args=[rollback.run.pk]), {"reason": "x"}).status_code == 404
+    )
     assert client.post(_action(rollback, "start")).status_code == 404
     assert client.post(_step_url(step, "skip"), {"reason": "x", "confirm": "on"}).status_code == 404
     assert _state(rollback) == Rollback.State.APPROVED
@@ -367,8 +369,9 @@ def test_an_action_the_state_does_not_allow_shows_the_engine_error(client, alice
     _login(client, alice)
     response = client.post(_action(rollback, "pause"), follow=True)
     assert response.status_code == 200
-    assert "is approved: cannot paused" in _text(response) or "cannot" in _text(response)
-    assert 'class="message error"' in _text(response)
+    text = _text(response)
+    assert f"rollback #{rollback.pk} is approved: cannot" in text
+    assert 'class="message error"' in text
     assert _state(rollback) == Rollback.State.APPROVED
 
 
@@ -450,9 +453,7 @@ def test_resolve_a_manual_step_then_run_the_rest_to_success(client, alice, rollb
 def test_a_step_of_another_rollback_is_404(client, alice, rollback, make_run):
     other = engine.rollback_plan(run=make_run(), actor=alice, reason="other")
     step = _steps(other).first()
-    url = reverse(
-        "step-action", kwargs={"pk": rollback.pk, "step_id": step.pk, "action": "skip"}
-    )
+    url = reverse("step-action", kwargs={"pk": rollback.pk, "step_id": step.pk, "action": "skip"})
     response = _login(client, alice).post(url, {"reason": "x", "confirm": "on"})
     assert response.status_code == 404
 
@@ -655,3 +656,25 @@ def test_rollback_page_renders_http_and_sql_compensations(client, alice, make_sy
     assert "{&quot;reason&quot;: &quot;double charge&quot;}" in text  # the body
     assert "DELETE FROM entries WHERE id = %(entry_id)s" in text
     assert "{&quot;entry_id&quot;: 7}" in text and "ledger" in text
+
+
+def test_aborting_after_a_step_failed_ends_failed_and_says_so(client, alice, rollback):
+    _running(rollback, alice)
+    step = _steps(rollback, is_manual=False).first()
+    Step.objects.filter(pk=step.pk).update(state=Step.State.FAILED, last_error="boom")
+    response = _login(client, alice).post(
+        _action(rollback, "abort"), {"reason": "give up", "confirm": "on"}, follow=True
+    )
+    text = _text(response)
+    assert _state(rollback) == Rollback.State.FAILED
+    assert "it ends failed, because a step had failed" in text
+    assert "create_order on orders-db: failed: waiting for a human — boom" in text
+
+
+def test_a_run_can_be_planned_again_once_its_rollback_ended(client, alice, rollback):
+    engine.rollback_abort(rollback=rollback, actor=alice, reason="wrong reason")
+    response = _login(client, alice).post(
+        reverse("run-plan", args=[rollback.run.pk]), {"reason": "second attempt"}
+    )
+    assert response.status_code == 302
+    assert Rollback.objects.filter(run=rollback.run).count() == 2
