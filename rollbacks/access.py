@@ -54,7 +54,13 @@ def can_operate_run(user: Any, run: ProcessRun) -> bool:
 
 
 def refuse(
-    *, actor: Any, action: str, subject: Any, why: str, rollback_id: int | None = None
+    *,
+    actor: Any,
+    action: str,
+    subject: Any,
+    why: str,
+    rollback_id: int | None = None,
+    subject_type: str = "",
 ) -> None:
     """Record a refused attempt in the ledger (in its own transaction) and raise PermissionDenied."""
     with transaction.atomic():
@@ -62,6 +68,7 @@ def refuse(
             actor=actor,
             action=action,
             subject=subject,
+            subject_type=subject_type,
             rollback_id=rollback_id,
             reason=why,
             outcome="refused",

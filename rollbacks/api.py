@@ -702,3 +702,178 @@ def rollback_create(request: HttpRequest, payload: RollbackIn):
 def rollback_detail(request: HttpRequest, id: int = ROLLBACK_ID):
     rollback = access.get_rollback_for_user(request.auth, id)
     return _rollback_out(rollback.pk, detail=True)
+
+
+# Operator actions ----------------------------------------------------------------------------
+
+
+class ActionReasonIn(In):
+    reason: str = Field(
+        "",
+        max_length=2000,
+        description="Why: required for abort and skip, and the note that resolves a manual step.",
+        examples=["the run was re-tried by hand; nothing to undo"],
+    )
+
+
+ROLLBACK_ACTIONS = Literal["start", "pause", "resume", "abort"]
+STEP_ACTIONS = Literal["retry", "skip", "resolve"]
+
+
+@api.post(
+    "/rollbacks/{id}/{action}",
+    auth=auth,
+    response={200: RollbackDetailOut} | ERRORS,
+    summary="Act on a rollback: start, pause, resume or abort",
+    description="The same actions as the buttons on the rollback page, with the same checks: "
+    "the account needs the operator role in one of the rollback's teams, and the rollback "
+    "must be in a state that allows the action (400 naming `state` otherwise). `abort` "
+    "needs a `reason`. (approve and reject arrive with the approval policies.)",
+    tags=["rollbacks"],
+)
+def rollback_act(
+    request: HttpRequest, action: ROLLBACK_ACTIONS, payload: ActionReasonIn, id: int = ROLLBACK_ID
+):
+    from rollbacks import engine
+
+    user = request.auth
+    rollback = access.get_rollback_for_user(user, id)
+    if action == "start":
+        engine.rollback_start(rollback=rollback, actor=user)
+    elif action == "pause":
+        engine.rollback_pause(rollback=rollback, actor=user, reason=payload.reason)
+    elif action == "resume":
+        engine.rollback_resume(rollback=rollback, actor=user)
+    else:
+        engine.rollback_abort(rollback=rollback, actor=user, reason=payload.reason)
+    return _rollback_out(rollback.pk, detail=True)
+
+
+@api.post(
+    "/rollbacks/{id}/steps/{step_id}/{action}",
+    auth=auth,
+    response={200: RollbackDetailOut} | ERRORS,
+    summary="Act on a step: retry, skip or resolve",
+    description="`retry` a failed step (a fresh budget of attempts); `skip` a step that has not "
+    "succeeded (needs a `reason`: its effect stays undone and the rollback ends partially "
+    "rolled back); `resolve` a manual step that a human did (needs the note in `reason`).",
+    tags=["rollbacks"],
+)
+def step_act(
+    request: HttpRequest,
+    action: STEP_ACTIONS,
+    payload: ActionReasonIn,
+    step_id: int,
+    id: int = ROLLBACK_ID,
+):
+    from rollbacks import engine
+
+    user = request.auth
+    rollback = access.get_rollback_for_user(user, id)
+    step = (
+        rollback.steps.filter(pk=step_id)
+        .select_related("rollback", "contract", "forward_action")
+        .first()
+    )
+    if step is None:
+        raise Http404("No such step in this rollback.")
+    if action == "retry":
+        engine.step_retry(step=step, actor=user)
+    elif action == "skip":
+        engine.step_skip(step=step, actor=user, reason=payload.reason)
+    else:
+        engine.step_resolve(step=step, actor=user, note=payload.reason)
+    return _rollback_out(rollback.pk, detail=True)
+
+
+# The estate as code --------------------------------------------------------------------------
+
+
+class EstateImportOut(Schema):
+    applied: bool = Field(description="false for a dry run, or when nothing changed")
+    sha256: str = Field(description="SHA-256 of the document's canonical JSON (keys sorted)")
+    changes: list[str] = Field(
+        description="The diff: + created, ~ changed", examples=[["+ system orders-db"]]
+    )
+
+
+class EstateErrorOut(ErrorOut):
+    paths: list[dict[str, str]] = Field(
+        description="Every error with its path in the document",
+        examples=[
+            [
+                {
+                    "path": "contracts[2].actions.create_order.backoff.max_s",
+                    "message": "must be at least initial_s (5)",
+                }
+            ]
+        ],
+    )
+
+
+def _require_estate_admin(user: Any, action: str) -> None:
+    if not access.has_role(user, "admin"):
+        access.refuse(
+            actor=user,
+            action=action,
+            subject=None,
+            subject_type="estate",
+            why="only an admin account may read or replace the estate document",
+        )
+
+
+@api.get(
+    "/estate",
+    auth=auth,
+    response={200: dict} | ERRORS,
+    summary="Export the estate as one document",
+    description="Teams, systems, the dependency map and the newest contracts, with the field "
+    "names of the estate document (docs/estate.md). Needs the admin role.",
+    tags=["estate"],
+)
+def estate_export(request: HttpRequest):
+    from rollbacks.estate import export_document
+
+    _require_estate_admin(request.auth, "estate.export")
+    return export_document()
+
+
+@api.put(
+    "/estate",
+    auth=auth,
+    response={200: EstateImportOut, 400: EstateErrorOut}
+    | {k: v for k, v in ERRORS.items() if k != 400},
+    summary="Import an estate document (all or nothing)",
+    description="The body is the document as JSON (or YAML with Content-Type application/yaml). "
+    "It is validated whole, then applied in one transaction that publishes new versions of the "
+    "map and of changed contracts, ledgered with its SHA-256. `?dry_run=1` answers with the "
+    "diff and changes nothing. Errors are listed with their path in the document.",
+    tags=["estate"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+def estate_import(request: HttpRequest, dry_run: bool = False):
+    from rollbacks.estate import EstateError, import_document, parse
+
+    _require_estate_admin(request.auth, "estate.import")
+    try:
+        doc = parse(request.body)
+        result = import_document(doc, actor=request.auth, dry_run=dry_run)
+    except EstateError as exc:
+        errors: dict[str, list[str]] = {}
+        for path, message in exc.errors:
+            errors.setdefault(path or "body", []).append(message)
+        body = {
+            "detail": f"{len(exc.errors)} error(s); nothing was changed",
+            "errors": errors,
+            "paths": [{"path": p, "message": m} for p, m in exc.errors],
+        }
+        return Status(400, body)
+    return {"applied": result.applied, "sha256": result.sha256, "changes": result.changes}

@@ -268,6 +268,23 @@ def _submit(rollback: Rollback, actor: Any) -> None:
 
 # Transitions ---------------------------------------------------------------------------------
 
+_VERBS = {
+    "started": "start",
+    "paused": "pause",
+    "resumed": "resume",
+    "aborted": "abort",
+    "retried": "retry",
+    "skipped": "skip",
+    "resolved": "resolve",
+    "submitted": "submit",
+}
+
+
+def _verb(action: str) -> str:
+    """'rollback.paused' -> 'pause', for messages that say what could not be done."""
+    done = action.split(".")[-1]
+    return _VERBS.get(done, done)
+
 
 def _transition_rollback(
     rollback: Rollback, from_states, to_state, *, actor, action, reason="", **fields
@@ -279,7 +296,7 @@ def _transition_rollback(
         current = Rollback.objects.values_list("state", flat=True).get(pk=rollback.pk)
         raise EngineError(
             {
-                "state": f"rollback #{rollback.pk} is {Rollback.State(current).label}: cannot {action.split('.')[-1]}"
+                "state": f"rollback #{rollback.pk} is {Rollback.State(current).label}: cannot {_verb(action)}"
             }
         )
     ledger.record(
@@ -400,7 +417,7 @@ def _step_action(
             current = Step.objects.get(pk=step.pk)
             raise EngineError(
                 {
-                    "state": f"step #{step.pk} is {current.get_state_display()}: cannot {action.split('.')[-1]}"
+                    "state": f"step #{step.pk} is {current.get_state_display()}: cannot {_verb(action)}"
                 }
             )
         ledger.record(
