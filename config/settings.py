@@ -259,3 +259,4 @@ LOGGING = {
     # One line per probe and per compensation call is noise; errors still show.
     "loggers": {"httpx": {"level": "WARNING"}},
 }
+UNWIND_GOVERNANCE = "governance.gate"

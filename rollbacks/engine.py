@@ -142,7 +142,9 @@ def _new_trace_id() -> str:
     return format(random.getrandbits(128) or 1, "032x")
 
 
-def rollback_plan(*, run: ProcessRun, actor: Any, reason: str, is_drill: bool = False) -> Rollback:
+def rollback_plan(
+    *, run: ProcessRun, actor: Any, reason: str, is_drill: bool = False, trigger: str = "manual"
+) -> Rollback:
     """Plan the unwind of a run: a step per completed forward action, in stages.
 
     1. Refuse without a reason, for a run with nothing to undo, or with a rollback under way.
@@ -187,6 +189,7 @@ def rollback_plan(*, run: ProcessRun, actor: Any, reason: str, is_drill: bool = 
             run=run,
             reason=reason,
             is_drill=is_drill,
+            trigger=trigger,
             dependency_map=dep_map,
             state=R.DRAFT,
             requested_by=actor if getattr(actor, "is_authenticated", False) else None,
@@ -244,26 +247,76 @@ def rollback_plan(*, run: ProcessRun, actor: Any, reason: str, is_drill: bool = 
     return rollback
 
 
-def _submit(rollback: Rollback, actor: Any) -> None:
-    """Draft → awaiting approval, or → approved when no approval policy applies.
+def governance():
+    """The governance module (``settings.UNWIND_GOVERNANCE``), or None when none is set.
 
-    Governance plugs in here through ``settings.UNWIND_APPROVAL_GATE`` (a dotted path to a
-    function taking the rollback and returning (needs_approval, explanation)); without one,
-    no approval is required.
+    Imports flow governance → rollbacks, so the engine finds it by name. It provides
+    ``submit(rollback, actor) -> (needs_approval, why)``, ``may_start(rollback) -> (ok, why)``
+    and ``stage_is_open(rollback, stage) -> bool``.
     """
-    from django.conf import settings
-    from django.utils.module_loading import import_string
+    from importlib import import_module
 
-    gate_path = getattr(settings, "UNWIND_APPROVAL_GATE", "")
-    needs, why = (
-        import_string(gate_path)(rollback)
-        if gate_path
-        else (False, "no approval policy is configured")
-    )
+    from django.conf import settings
+
+    path = getattr(settings, "UNWIND_GOVERNANCE", "")
+    return import_module(path) if path else None
+
+
+def _submit(rollback: Rollback, actor: Any) -> None:
+    """Draft → awaiting approval, or → approved when no approval policy requires one."""
+    gov = governance()
+    needs, why = gov.submit(rollback, actor) if gov else (False, "no approval policy is configured")
     target = R.AWAITING_APPROVAL if needs else R.APPROVED
     _transition_rollback(
         rollback, (R.DRAFT,), target, actor=actor, action="rollback.submitted", reason=why
     )
+
+
+def rollback_release(*, rollback: Rollback, actor: Any, reason: str) -> None:
+    """Awaiting approval → approved. Called by governance, inside its transaction, with the
+    rollback's row locked, once the policy is satisfied."""
+    _transition_rollback(
+        rollback,
+        (R.AWAITING_APPROVAL,),
+        R.APPROVED,
+        actor=actor,
+        action="rollback.approved",
+        reason=reason,
+    )
+
+
+def rollback_require_approval(*, rollback: Rollback, actor: Any, reason: str) -> None:
+    """Approved (not started) → awaiting approval again: an approval expired or was revoked."""
+    _transition_rollback(
+        rollback,
+        (R.APPROVED,),
+        R.AWAITING_APPROVAL,
+        actor=actor,
+        action="rollback.approval_lapsed",
+        reason=reason,
+    )
+
+
+def rollback_reject(*, rollback: Rollback, actor: Any, reason: str) -> None:
+    """Awaiting approval → aborted: an approver said no. Called by governance."""
+    _transition_rollback(
+        rollback,
+        (R.AWAITING_APPROVAL,),
+        R.ABORTED,
+        actor=actor,
+        action="rollback.rejected",
+        reason=reason,
+        finished_at=timezone.now(),
+    )
+    rollback.steps.filter(state__in=(S.PENDING,)).update(state=S.CANCELLED)
+    rollback.stages.filter(state=Stage.State.PENDING).update(state=Stage.State.CANCELLED)
+    _write_summary(rollback)
+
+
+def rollback_nudge(*, rollback: Rollback) -> None:
+    """Re-run ``advance`` under the row lock (after governance opened a stage gate)."""
+    with transaction.atomic():
+        advance(_locked(rollback))
 
 
 # Transitions ---------------------------------------------------------------------------------
@@ -329,7 +382,17 @@ def _locked(rollback: Rollback) -> Rollback:
 
 
 def rollback_start(*, rollback: Rollback, actor: Any) -> Rollback:
+    """Approved → running. Governance checks again that the approvals still stand (one may
+    have expired or been revoked since): if not, the rollback goes back to awaiting approval."""
     _require_operator(actor, rollback, "rollback.start")
+    gov = governance()
+    with transaction.atomic():
+        rollback = _locked(rollback)
+        ok, why = gov.may_start(rollback) if gov and rollback.state == R.APPROVED else (True, "")
+        if not ok:
+            rollback_require_approval(rollback=rollback, actor=actor, reason=why)
+    if not ok:
+        raise EngineError({"state": f"cannot start: {why}"})
     with transaction.atomic():
         rollback = _locked(rollback)
         _transition_rollback(
@@ -532,6 +595,9 @@ def advance(rollback: Rollback) -> None:
             _write_summary(rollback)
             return
         if stage.state == Stage.State.PENDING:
+            gov = governance()
+            if gov and not gov.stage_is_open(rollback, stage):
+                return  # a critical stage waits at its gate until an approver opens it
             Stage.objects.filter(pk=stage.pk, state=Stage.State.PENDING).update(
                 state=Stage.State.RUNNING, started_at=now
             )

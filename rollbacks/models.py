@@ -319,6 +319,9 @@ class Rollback(models.Model):
     )
     reason = models.TextField()
     is_drill = models.BooleanField(default=False)
+    trigger = models.CharField(
+        max_length=10, default="manual", help_text="Who asked: manual (browser), api, or alert (a trigger rule)."
+    )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -1,0 +1,81 @@
+"""The engine's governance hooks (``settings.UNWIND_GOVERNANCE = "governance.gate"``).
+
+The engine calls these inside its own transactions, with the rollback's row locked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ledger.services as ledger
+from governance import policies
+from governance.models import BreakGlass, PolicyDecision, StageGate
+from rollbacks.models import Rollback, Stage
+
+
+def submit(rollback: Rollback, actor: Any) -> tuple[bool, str]:
+    """Decide what the policies require of a newly planned rollback; record it."""
+    req, why = policies.evaluate(rollback)
+    decision = PolicyDecision.objects.create(
+        rollback=rollback,
+        trigger_kind=rollback.trigger,
+        requirements=req.as_dict(),
+        explanation=why,
+    )
+    decision.policies.set(policies_by_name(req.policies))
+    ledger.record(
+        actor=actor,
+        action="policy.applied",
+        subject=rollback,
+        rollback_id=rollback.pk,
+        trace_id=rollback.trace_id,
+        reason=why,
+        payload=req.as_dict(),
+    )
+    return req.approvals > 0, why
+
+
+def policies_by_name(names: list[str]):
+    from governance.models import ApprovalPolicy
+
+    return ApprovalPolicy.objects.filter(name__in=names)
+
+
+def requirements(rollback: Rollback) -> policies.Requirements:
+    decision = PolicyDecision.objects.filter(rollback=rollback).first()
+    return (
+        policies.Requirements.from_dict(decision.requirements)
+        if decision
+        else policies.Requirements()
+    )
+
+
+def may_start(rollback: Rollback) -> tuple[bool, str]:
+    """Do the approvals still stand? (An approval can expire or be revoked after release.)"""
+    from governance.services import approval_shortfall
+
+    if BreakGlass.objects.filter(rollback=rollback).exists():
+        return True, "break-glass"
+    shortfall = approval_shortfall(rollback, requirements(rollback))
+    return (not shortfall, shortfall)
+
+
+def stage_is_open(rollback: Rollback, stage: Stage) -> bool:
+    """A stage touching a gated tier waits until an approver opens its gate."""
+    req = requirements(rollback)
+    if not req.gate_tiers or BreakGlass.objects.filter(rollback=rollback).exists():
+        return True
+    tiers = set(stage.steps.values_list("system__tier", flat=True))
+    if not tiers & set(req.gate_tiers):
+        return True
+    gate, created = StageGate.objects.get_or_create(rollback=rollback, stage_index=stage.index)
+    if created:
+        ledger.record(
+            actor="worker",
+            action="stage.gated",
+            subject=stage,
+            rollback_id=rollback.pk,
+            trace_id=rollback.trace_id,
+            reason=f"stage {stage.index} touches tier {'/'.join(map(str, sorted(tiers & set(req.gate_tiers))))}",
+        )
+    return gate.opened_at is not None
