@@ -301,7 +301,7 @@ class IncidentGrant(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="incident_grants"
     )
-    team_group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="+")
+    team_group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="incident_grants")
     reason = models.TextField()
     granted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"

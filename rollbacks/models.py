@@ -30,14 +30,33 @@ class Team(models.Model):
         return self.name
 
 
+def sees_everything(user) -> bool:
+    """Superusers and auditors read every object (auditors change nothing)."""
+    return user.is_superuser or user.groups.filter(name="auditor").exists()
+
+
+def team_group_ids(user) -> set[int]:
+    """The groups of the teams a user belongs to now: their own teams, plus those an
+    incident grant (governance.IncidentGrant) lends them until it lapses by itself."""
+    from django.utils import timezone
+
+    own = user.groups.filter(team__isnull=False).values_list("id", flat=True)
+    lent = Group.objects.filter(
+        team__isnull=False,
+        incident_grants__user=user,
+        incident_grants__expires_at__gt=timezone.now(),
+    ).values_list("id", flat=True)
+    return set(own) | set(lent)
+
+
 class SystemQuerySet(models.QuerySet):
     def visible_to(self, user) -> SystemQuerySet:
         """Systems a user may see: every system for superusers and auditors, else their teams'."""
         if not user.is_authenticated:
             return self.none()
-        if user.is_superuser or user.groups.filter(name="auditor").exists():
+        if sees_everything(user):
             return self
-        return self.filter(team__group__user=user)
+        return self.filter(team__group_id__in=team_group_ids(user))
 
 
 class System(models.Model):
@@ -216,11 +235,10 @@ class ProcessRunQuerySet(models.QuerySet):
         """Runs whose forward actions touched a system the user may see (or that they reported)."""
         if not user.is_authenticated:
             return self.none()
-        if user.is_superuser or user.groups.filter(name="auditor").exists():
+        if sees_everything(user):
             return self
-        return self.filter(
-            models.Q(created_by=user) | models.Q(actions__system__team__group__user=user)
-        ).distinct()
+        touched = ForwardAction.objects.filter(system__team__group_id__in=team_group_ids(user))
+        return self.filter(models.Q(created_by=user) | models.Q(pk__in=touched.values("run_id")))
 
 
 class ProcessRun(models.Model):
@@ -289,11 +307,12 @@ class RollbackQuerySet(models.QuerySet):
         """Rollbacks that touch a system of one of the user's teams (auditors and admins: all)."""
         if not user.is_authenticated:
             return self.none()
-        if user.is_superuser or user.groups.filter(name="auditor").exists():
+        if sees_everything(user):
             return self
+        touched = Step.objects.filter(system__team__group_id__in=team_group_ids(user))
         return self.filter(
-            models.Q(requested_by=user) | models.Q(steps__system__team__group__user=user)
-        ).distinct()
+            models.Q(requested_by=user) | models.Q(pk__in=touched.values("rollback_id"))
+        )
 
     def active(self) -> RollbackQuerySet:
         return self.filter(state__in=[Rollback.State.RUNNING, Rollback.State.PAUSED])
@@ -320,7 +339,9 @@ class Rollback(models.Model):
     reason = models.TextField()
     is_drill = models.BooleanField(default=False)
     trigger = models.CharField(
-        max_length=10, default="manual", help_text="Who asked: manual (browser), api, or alert (a trigger rule)."
+        max_length=10,
+        default="manual",
+        help_text="Who asked: manual (browser), api, or alert (a trigger rule).",
     )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"

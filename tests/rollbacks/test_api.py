@@ -22,11 +22,6 @@ BEFORE = DependencyEdge.Kind.BEFORE
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-def needs_two_approvals(rollback):
-    """An approval gate for ``UNWIND_APPROVAL_GATE``: every rollback needs approval."""
-    return True, "test policy: everything needs approval"
-
-
 @pytest.fixture
 def estate(make_system):
     """flags (stage 1) → orders-api (stage 2) → orders-db (stage 3), all payments', plus
@@ -204,8 +199,10 @@ def test_register_report_fail_request_and_read_a_rollback(client, estate, token,
     assert second["steps"][0]["attempts"] == []
 
 
-def test_rollback_that_needs_approval_says_so(client, estate, token, settings):
-    settings.UNWIND_APPROVAL_GATE = "tests.rollbacks.test_api.needs_two_approvals"
+def test_rollback_that_needs_approval_says_so(client, estate, token):
+    from governance.models import ApprovalPolicy
+
+    ApprovalPolicy.objects.create(name="everything", approvals_required=2)
     run_id = _register(client, token)
     _report_all(client, token, run_id)
     response = post(
