@@ -7,6 +7,8 @@ filesystem broker under ``var/``). Production sets ``DATABASE_URL``, ``REDIS_URL
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -84,6 +86,7 @@ INSTALLED_APPS = [
     "ninja",
     "template_partials",
     "csp",
+    "pgtrigger",
     "ledger",
     "rollbacks",
     "governance",
@@ -247,6 +250,63 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": HEALTH_CHECK_INTERVAL.total_seconds(),
     },
 }
+
+# Ledger (docs/ledger.md) -------------------------------------------------------------------
+# Ed25519 key that signs checkpoints and export manifests: base64 of the 32 raw private bytes
+# (`manage.py ledger_keygen`). Without it, DEBUG generates one into var/ and production
+# refuses to sign. LEDGER_TRUSTED_PUBLIC_KEYS lists earlier public keys after a rotation.
+LEDGER_SIGNING_KEY = os.environ.get("LEDGER_SIGNING_KEY", "").strip()
+if LEDGER_SIGNING_KEY:
+    try:
+        _ledger_key_length = len(base64.b64decode(LEDGER_SIGNING_KEY, validate=True))
+    except binascii.Error:
+        _ledger_key_length = -1
+    if _ledger_key_length != 32:
+        raise ImproperlyConfigured(
+            "LEDGER_SIGNING_KEY must be the base64 of a 32-byte Ed25519 private key "
+            "(manage.py ledger_keygen prints one)."
+        )
+LEDGER_SIGNING_KEY_FILE = VAR_DIR / "ledger-signing.key"
+LEDGER_TRUSTED_PUBLIC_KEYS = env_list("LEDGER_TRUSTED_PUBLIC_KEYS", [])
+LEDGER_CHECKPOINT_INTERVAL_S = env_int("LEDGER_CHECKPOINT_INTERVAL_S", 300, minimum=1)
+CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
+    "task": "ledger.tasks.checkpoint",
+    "schedule": float(LEDGER_CHECKPOINT_INTERVAL_S),
+}
+
+# Alerts and escalation (docs/alerts.md) ----------------------------------------------------
+# Where notifications link to (absolute URLs in emails and webhooks), e.g. https://unwind.example.com
+UNWIND_BASE_URL = os.environ.get("UNWIND_BASE_URL", "").rstrip("/")
+ESCALATION_WEBHOOK_URL = os.environ.get("ESCALATION_WEBHOOK_URL", "").strip()
+if ESCALATION_WEBHOOK_URL and not ESCALATION_WEBHOOK_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(
+        f"ESCALATION_WEBHOOK_URL={ESCALATION_WEBHOOK_URL!r} must start with http:// or https://"
+    )
+ESCALATION_EMAILS = env_list("ESCALATION_EMAILS", [])
+APPROVAL_DEADLINE_S = env_int("APPROVAL_DEADLINE_S", 900, minimum=1)
+ESCALATION_LOOKBACK_S = env_int("ESCALATION_LOOKBACK_S", 86400, minimum=60)
+ESCALATION_INTERVAL_S = env_int("ESCALATION_INTERVAL_S", 30, minimum=1)
+CELERY_BEAT_SCHEDULE["escalate"] = {
+    "task": "governance.tasks.escalate",
+    "schedule": float(ESCALATION_INTERVAL_S),
+}
+CELERY_BEAT_SCHEDULE["match-stale-alerts"] = {
+    "task": "governance.tasks.match_stale_alerts",
+    "schedule": 60.0,
+}
+EMAIL_BACKEND = os.environ.get(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT_S", 10, minimum=1)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "unwind@localhost")
 
 # Observability -----------------------------------------------------------------------------
 OTEL_SERVICE_NAME = os.environ.get("OTEL_SERVICE_NAME", "unwind")

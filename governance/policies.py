@@ -23,7 +23,9 @@ from rollbacks.models import Rollback
 @dataclass
 class Requirements:
     approvals: int = 0
-    eligible_groups: list[str] = field(default_factory=list)  # names; empty: the approver role
+    # Group names an approver must belong to; None when no policy names groups (then the
+    # approver role is enough); [] when the policies' groups do not overlap (nobody may).
+    eligible_groups: list[str] | None = None
     four_eyes: bool = True
     approver_from_each_team: bool = False
     expires_after_s: int | None = None
@@ -121,8 +123,11 @@ def explain(req: Requirements, names_groups: bool = True) -> str:
     if req.approvals == 0:
         needs = "no approval"
     else:
-        who = ", ".join(req.eligible_groups) if req.eligible_groups else "the approver role"
-        if names_groups and not req.eligible_groups:
+        if req.eligible_groups is None:
+            who = "the approver role"
+        elif req.eligible_groups:
+            who = ", ".join(req.eligible_groups)
+        else:
             who = "nobody: the policies' eligible groups do not overlap (an admin must change a policy)"
         needs = f"{req.approvals} approval{'s' if req.approvals > 1 else ''} from {who}"
         if req.approver_from_each_team:

@@ -22,6 +22,7 @@ from rollbacks.engine import EngineError
 from rollbacks.models import Rollback
 
 APPROVER_ROLES = ("approver", "admin")
+REVIEWS_NEEDED = 2  # a break-glass is reviewed by two people other than who used it
 
 
 def live_approvals(rollback: Rollback):
@@ -66,6 +67,8 @@ def _eligibility_problem(rollback: Rollback, user: Any, req: Requirements) -> st
         return "you are not in a team this rollback touches"
     if rollback.requested_by_id == user.pk:
         return "four-eyes: the requester never approves their own rollback"
+    if req.eligible_groups == []:
+        return "nobody may approve: the matching policies' eligible groups do not overlap"
     if (
         req.eligible_groups
         and not user.is_superuser
@@ -286,24 +289,31 @@ def rollback_break_glass(*, rollback: Rollback, actor: Any, reason: str) -> Roll
 
 
 def break_glass_review(*, rollback: Rollback, reviewer: Any, comment: str) -> BreakGlassReview:
+    """One of the two reviews a break-glass needs, by someone other than who used it."""
     bg = BreakGlass.objects.filter(rollback=rollback).first()
     if bg is None:
         raise EngineError({"rollback": "this rollback did not break the glass"})
-    if reviewer.pk == bg.used_by_id or not access.has_role(
-        reviewer, "approver", "admin", "auditor"
+    if (
+        reviewer.pk == bg.used_by_id
+        or not access.has_role(reviewer, "approver", "admin", "auditor")
+        or not Rollback.objects.visible_to(reviewer).filter(pk=rollback.pk).exists()
     ):
         access.refuse(
             actor=reviewer,
             action="break_glass.review",
             subject=rollback,
             rollback_id=rollback.pk,
-            why="a break-glass is reviewed by an approver, auditor or admin other than who used it",
+            why="a break-glass is reviewed by an approver, auditor or admin of its teams, "
+            "other than who used it",
         )
     if not (comment or "").strip():
         raise EngineError({"comment": "say what the review found"})
     with transaction.atomic():
-        if BreakGlassReview.objects.filter(break_glass=bg, reviewer=reviewer).exists():
+        BreakGlass.objects.select_for_update().get(pk=bg.pk)  # two reviewers at once: one at a time
+        if bg.reviews.filter(reviewer=reviewer).exists():
             raise EngineError({"reviewer": "you have already reviewed it"})
+        if bg.reviews.count() >= REVIEWS_NEEDED:
+            raise EngineError({"rollback": f"it already has the {REVIEWS_NEEDED} reviews it needs"})
         review = BreakGlassReview.objects.create(break_glass=bg, reviewer=reviewer, comment=comment)
         ledger.record(
             actor=reviewer,

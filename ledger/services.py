@@ -2,17 +2,34 @@
 
 Call it inside the transaction of the change it records, so that the change and its entry
 commit together or not at all.
+
+Each entry joins a hash chain: its rollback's (``rollback:<id>``) or the global one. An
+append locks that chain's head row until the caller's transaction ends, so appends to one
+chain are serialised (each entry names the hash of the one before it) while appends to
+different rollbacks run side by side.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, router
+from django.db.models import Max
 from django.utils import timezone
 
 from config.telemetry import current_trace_id
-from ledger.models import Entry, Outcome
+from ledger.canonical import GENESIS, entry_hash
+from ledger.models import ChainHead, Entry, Outcome, chain_for
+
+# Locks the chain's head and takes the next entry id in one round trip. MATERIALIZED makes
+# PostgreSQL lock the row before nextval() runs, so ids grow with seq inside a chain, which
+# lets verification walk the whole ledger once in id order.
+_PG_LOCK_HEAD = (
+    "WITH head AS MATERIALIZED (SELECT seq, hash FROM ledger_chainhead WHERE chain = %s "
+    "FOR UPDATE) SELECT head.seq, head.hash, nextval(%s::regclass) FROM head"
+)
+_pg_sequences: dict[str, str] = {}
 
 
 def actor_label(actor: Any) -> str:
@@ -23,6 +40,44 @@ def actor_label(actor: Any) -> str:
         return actor
     username = getattr(actor, "get_username", None)
     return f"user:{username()}" if username else str(actor)
+
+
+def _pg_sequence(connection) -> str:
+    if connection.alias not in _pg_sequences:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence('ledger_entry', 'id')")
+            _pg_sequences[connection.alias] = cursor.fetchone()[0]
+    return _pg_sequences[connection.alias]
+
+
+def _lock_head(connection, chain: str) -> tuple[int, str, int | None]:
+    """(seq, hash) of the chain's head, locked until the transaction ends, and the id the
+    new entry takes (None: let the database choose)."""
+    for _ in range(2):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(_PG_LOCK_HEAD, [chain, _pg_sequence(connection)])
+                row = cursor.fetchone()
+            if row is not None:
+                return row[0], row[1], row[2]
+        else:
+            # SQLite: the IMMEDIATE transaction already holds the database's write lock, so
+            # nobody else appends until it commits and max(id) + 1 is ours.
+            row = (
+                ChainHead.objects.select_for_update()
+                .filter(chain=chain)
+                .values_list("seq", "hash")
+                .first()
+            )
+            if row is not None:
+                last = Entry.objects.aggregate(last=Max("id"))["last"] or 0
+                return row[0], row[1], last + 1
+        # A new chain: create its head (or find that a concurrent append just did; on
+        # PostgreSQL ON CONFLICT waits for that transaction) and lock it.
+        ChainHead.objects.bulk_create(
+            [ChainHead(chain=chain, seq=0, hash=GENESIS)], ignore_conflicts=True
+        )
+    raise RuntimeError(f"ledger chain head {chain!r} could not be locked")
 
 
 def record(
@@ -38,22 +93,67 @@ def record(
     payload: dict | None = None,
     trace_id: str = "",
 ) -> Entry:
+    """Append one entry to its chain, in the caller's transaction.
+
+    1. Lock the chain's head row (``SELECT … FOR UPDATE``) and take the next id.
+    2. Hash the entry's canonical form, which names the head's hash as ``prev_hash``.
+    3. Insert the entry and move the head; both commit or roll back with the caller.
+    """
     if subject is not None:
         subject_type = subject_type or subject._meta.model_name
         subject_id = subject_id or subject.pk
-    if not transaction.get_connection().in_atomic_block:
+    connection = connections[router.db_for_write(Entry)]
+    if not connection.in_atomic_block:
         raise RuntimeError("ledger.record() must be called inside the transaction of its change")
     user = actor if getattr(actor, "is_authenticated", False) else None
-    return Entry.objects.create(
+    chain = chain_for(rollback_id)
+    # What the database will give back (tuples become lists, keys strings), so that the
+    # hash computed now is the hash of what verification reads later.
+    payload = json.loads(json.dumps(payload or {}))
+    seq, prev_hash, entry_id = _lock_head(connection, chain)
+    entry = Entry(
+        id=entry_id,
+        chain=chain,
+        seq=seq + 1,
+        prev_hash=prev_hash,
         at=timezone.now(),
         actor=actor_label(actor),
         actor_user=user,
         action=action,
         subject_type=subject_type,
         subject_id=str(subject_id),
-        rollback_id=rollback_id,
-        reason=reason,
-        outcome=outcome,
+        rollback_id=None if rollback_id is None else int(rollback_id),
+        reason=reason or "",
+        outcome=str(outcome),
         trace_id=trace_id or current_trace_id(),
-        payload=payload or {},
+        payload=payload,
     )
+    entry.hash = entry_hash(entry.hashed_fields())
+    if connection.vendor == "postgresql":
+        _pg_append(connection, entry)
+    else:
+        entry.save(force_insert=True, using=connection.alias)
+        ChainHead.objects.using(connection.alias).filter(chain=chain).update(
+            seq=entry.seq, hash=entry.hash
+        )
+    return entry
+
+
+def _pg_append(connection, entry: Entry) -> None:
+    """Insert the entry and move its chain's head in one round trip (the hot path of every
+    state change: the ORM's save() and a separate UPDATE cost twice as much)."""
+    columns = [f.column for f in Entry._meta.concrete_fields]
+    values = [
+        f.get_db_prep_save(getattr(entry, f.attname), connection)
+        for f in Entry._meta.concrete_fields
+    ]
+    placeholders = ", ".join("%s" for _ in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH new AS (INSERT INTO ledger_entry ({', '.join(columns)}) VALUES ({placeholders}) "
+            "RETURNING 1) UPDATE ledger_chainhead SET seq = %s, hash = %s "
+            "WHERE chain = %s AND EXISTS (SELECT 1 FROM new)",
+            [*values, entry.seq, entry.hash, entry.chain],
+        )
+    entry._state.adding = False
+    entry._state.db = connection.alias

@@ -687,7 +687,9 @@ def rollback_create(request: HttpRequest, payload: RollbackIn):
         run = access.get_run_for_user(user, payload.run)
     except Http404 as exc:
         return Status(404, {"detail": str(exc), "errors": {"run": [str(exc)]}})
-    rollback = rollback_plan(run=run, actor=user, reason=payload.reason, is_drill=payload.drill)
+    rollback = rollback_plan(
+        run=run, actor=user, reason=payload.reason, is_drill=payload.drill, trigger="api"
+    )
     return Status(201, _rollback_out(rollback.pk, detail=False))
 
 
@@ -716,29 +718,73 @@ class ActionReasonIn(In):
     )
 
 
-ROLLBACK_ACTIONS = Literal["start", "pause", "resume", "abort"]
+class RollbackActionIn(ActionReasonIn):
+    comment: str = Field(
+        "",
+        max_length=2000,
+        description="approve and reject: what the approver checked, or why they say no "
+        "(required for both; the ledger keeps it).",
+        examples=["plan checked with the payments on-call; billing impact understood"],
+    )
+    attestations: dict[str, str] = Field(
+        default_factory=dict,
+        description="approve: one comment per attestation the rollback's policy requires, by "
+        "its key (the policy decision names them); a missing or empty one is a 400 naming "
+        "`attestations`.",
+        examples=[{"pii": "no personal data in the affected orders"}],
+    )
+
+
+ROLLBACK_ACTIONS = Literal["start", "pause", "resume", "abort", "approve", "reject"]
 STEP_ACTIONS = Literal["retry", "skip", "resolve"]
+
+
+def _governance_hooks() -> Any:
+    """governance/api_hooks.py, found by name at call time (imports flow governance → rollbacks)."""
+    from importlib import import_module
+
+    from django.conf import settings
+
+    if not settings.UNWIND_GOVERNANCE:
+        raise ValidationError({"action": "approvals are not configured (UNWIND_GOVERNANCE)"})
+    return import_module("governance.api_hooks")
 
 
 @api.post(
     "/rollbacks/{id}/{action}",
     auth=auth,
     response={200: RollbackDetailOut} | ERRORS,
-    summary="Act on a rollback: start, pause, resume or abort",
-    description="The same actions as the buttons on the rollback page, with the same checks: "
-    "the account needs the operator role in one of the rollback's teams, and the rollback "
-    "must be in a state that allows the action (400 naming `state` otherwise). `abort` "
-    "needs a `reason`. (approve and reject arrive with the approval policies.)",
+    summary="Act on a rollback: start, pause, resume, abort, approve or reject",
+    description="The same actions as the buttons on the rollback page, with the same checks. "
+    "`start`, `pause`, `resume`, `abort`: the account needs the operator role in one of the "
+    "rollback's teams, and the rollback must be in a state that allows the action (400 naming "
+    "`state` otherwise); `abort` needs a `reason`.\n\n"
+    '`approve` and `reject` (body `{"comment": "…", "attestations": {"<key>": "…"}}`): '
+    "the account needs the approver role, a team the rollback touches, and membership of the "
+    "policy's eligible groups; four-eyes applies to service accounts too, so the account that "
+    "requested the rollback may not approve it (403, ledgered). Both need a `comment`; "
+    "`approve` needs a comment for every attestation the policy requires. The rollback must "
+    "await approval (400 naming `state` otherwise). An approval that completes the policy's "
+    "quorum moves it to `approved`; a rejection ends it `aborted`.",
     tags=["rollbacks"],
 )
 def rollback_act(
-    request: HttpRequest, action: ROLLBACK_ACTIONS, payload: ActionReasonIn, id: int = ROLLBACK_ID
+    request: HttpRequest,
+    action: ROLLBACK_ACTIONS,
+    payload: RollbackActionIn,
+    id: int = ROLLBACK_ID,
 ):
     from rollbacks import engine
 
     user = request.auth
     rollback = access.get_rollback_for_user(user, id)
-    if action == "start":
+    if action in ("approve", "reject"):
+        hooks = _governance_hooks()
+        if action == "approve":
+            hooks.approve(rollback, user, payload.comment, payload.attestations)
+        else:
+            hooks.reject(rollback, user, payload.comment)
+    elif action == "start":
         engine.rollback_start(rollback=rollback, actor=user)
     elif action == "pause":
         engine.rollback_pause(rollback=rollback, actor=user, reason=payload.reason)

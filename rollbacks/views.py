@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from importlib import import_module
+from types import ModuleType
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -103,6 +106,14 @@ def _spec_rows(spec: dict) -> list[tuple[str, str, dict[str, Any] | None]]:
 
 def _service_error(exc: ValidationError) -> str:
     return " ".join(exc.messages)
+
+
+def _governance_page() -> ModuleType | None:
+    """What governance adds to these pages (``governance/page.py``), when it is configured.
+
+    Imports flow governance → rollbacks, so it is found by name, like the engine's hooks.
+    """
+    return import_module("governance.page") if settings.UNWIND_GOVERNANCE else None
 
 
 # Process runs -------------------------------------------------------------------------------
@@ -214,12 +225,15 @@ def rollback_list(request: HttpRequest) -> HttpResponse:
         )
         .order_by("rank", "-created_at", "-pk")
     )
+    if gov := _governance_page():
+        rollbacks = gov.annotate_rollbacks(rollbacks)  # has_break_glass, in the same query
     return render(request, "rollbacks/rollback_list.html", {"page": _page(request, rollbacks)})
 
 
-def _fingerprint(rollback: Rollback, stages: list[Stage], can_act: bool) -> str:
-    """A digest of everything in the ``rollback-status`` fragment that can change."""
-    state = [rollback.state, rollback.started_at, rollback.finished_at, can_act]
+def _fingerprint(rollback: Rollback, stages: list[Stage], can_act: bool, extra: str = "") -> str:
+    """A digest of everything in the ``rollback-status`` fragment that can change (``extra``:
+    governance's part: approvals, gates, break-glass reviews)."""
+    state = [rollback.state, rollback.started_at, rollback.finished_at, can_act, extra]
     for stage in stages:
         state.append((stage.pk, stage.state))
         for step in stage.step_list:
@@ -230,12 +244,19 @@ def _fingerprint(rollback: Rollback, stages: list[Stage], can_act: bool) -> str:
     return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
 
 
-def _rollback_context(request: HttpRequest, rollback: Rollback) -> dict[str, Any]:
-    """Everything the rollback page shows, in a fixed number of queries however many steps."""
-    rollback = Rollback.objects.select_related("run", "requested_by", "dependency_map").get(
-        pk=rollback.pk
-    )
-    steps = Step.objects.select_related("system", "forward_action").prefetch_related(
+def _rollback_context(
+    request: HttpRequest, rollback: Rollback, governance_forms: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything the rollback page shows, in a fixed number of queries however many steps.
+
+    ``governance_forms``: bound governance forms whose errors the page shows (a 400 answer).
+    """
+    gov_page = _governance_page()
+    related = gov_page.ROLLBACK_RELATED if gov_page else ()
+    rollback = Rollback.objects.select_related(
+        "run", "requested_by", "dependency_map", *related
+    ).get(pk=rollback.pk)
+    steps = Step.objects.select_related("system__team", "forward_action").prefetch_related(
         Prefetch("attempt_set", queryset=Attempt.objects.order_by("number"), to_attr="attempt_list")
     )
     stages = list(
@@ -250,10 +271,14 @@ def _rollback_context(request: HttpRequest, rollback: Rollback) -> dict[str, Any
             for attempt in step.attempt_list:
                 attempt.output_text = _compact(attempt.output)
     can_act = access.can_operate(request.user, rollback)
+    gov = (
+        gov_page.page_context(rollback, request.user, stages, governance_forms) if gov_page else {}
+    )
     return {
         "rollback": rollback,
         "stages": stages,
-        "fingerprint": _fingerprint(rollback, stages, can_act),
+        "gov": gov,
+        "fingerprint": _fingerprint(rollback, stages, can_act, gov.get("fingerprint", "")),
         # An abort lets steps in flight finish: keep watching until they have.
         "is_live": not rollback.is_terminal
         or any(step.state == S.RUNNING for stage in stages for step in stage.step_list),

@@ -55,6 +55,21 @@ def _log_in(page, base, username):
     page.wait_for_url(f"{base}/systems/")
 
 
+def _approve_as(*usernames):
+    from django.contrib.auth import get_user_model
+
+    from governance import services
+
+    rollback = Rollback.objects.get()
+    for username in usernames:
+        services.rollback_approve(
+            rollback=rollback,
+            approver=get_user_model().objects.get(username=username),
+            comment="plan checked",
+            attestations={"pii": "no personal data in these orders"},
+        )
+
+
 def test_operator_plans_starts_and_follows_the_demo_rollback_to_its_end(
     page, live_server, demo_stack
 ):
@@ -68,6 +83,11 @@ def test_operator_plans_starts_and_follows_the_demo_rollback_to_its_end(
     page.get_by_role("button", name="Plan rollback").click()
     page.wait_for_url(re.compile(r"/rollbacks/\d+/$"))
     status = page.locator("#rollback-status")
+    # The demo's `critical` policy wants two approvers for tier-1 systems: bob and erin
+    # approve (in the browser, that is tests/browser/test_approval_flow.py).
+    assert status.locator(".badge").first.inner_text() == "awaiting approval"
+    _approve_as("bob", "erin")
+    page.reload()
     assert "approved" in status.locator(".badge").first.inner_text()
     # The plan preview shows every step before anything runs: nine actions, three stages.
     assert page.get_by_role("heading", name=re.compile(r"^Stage \d")).count() == 3

@@ -42,5 +42,9 @@ class Command(BaseCommand):
                     groups.append(Group.objects.get_or_create(name=role)[0])
                 user.groups.set(groups)
         self.stdout.write(f"users: {', '.join(DEMO_USERS)} (password {DEMO_PASSWORD!r})")
+        # The demo's approval policies live in governance (imports flow governance → rollbacks).
+        from demo import policies as demo_policies
+
+        self.stdout.write(demo_policies.ensure(actor="command:seed_demo"))
         self.stdout.write(seed.prepare_orders_db())
         self.stdout.write(seed.failed_run(actor="command:seed_demo"))

@@ -1,0 +1,458 @@
+"""Every URL and API endpoint, as each role and as an outsider, on own and foreign objects.
+
+The table below says what each of them must answer. A URL pattern that is missing from the
+table fails ``test_every_url_is_in_the_table``: a new view cannot ship without saying who
+may reach it.
+
+The cast: alice (operator, payments), bob (approver, payments), carol (auditor), dave
+(admin, superuser), mallory (no role, no team), and the anonymous visitor. "Own" objects
+touch payments systems; "foreign" ones touch only platform systems, which alice and bob
+cannot see.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth.models import Group
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from governance.models import ApprovalPolicy
+from ledger.models import Entry
+from rollbacks import engine, runs, services
+from rollbacks.models import System
+from rollbacks.tokens import token_create
+
+pytestmark = pytest.mark.django_db
+ROLES = ("anon", "alice", "bob", "carol", "dave", "mallory")
+LOGIN = "login"  # a redirect to the login page
+
+
+def _routes() -> set[str]:
+    def walk(patterns, prefix=""):
+        for p in patterns:
+            if isinstance(p, URLResolver):
+                if str(p.pattern).startswith("admin/"):
+                    continue  # Django admin: staff only, its own tests
+                yield from walk(p.url_patterns, prefix + str(p.pattern))
+            elif isinstance(p, URLPattern):
+                yield prefix + str(p.pattern)
+
+    return set(walk(get_resolver().url_patterns))
+
+
+# Who sees an object of the payments team ("own") or of the platform team ("foreign").
+SEES_OWN = {"anon": LOGIN, "alice": 200, "bob": 200, "carol": 200, "dave": 200, "mallory": 404}
+SEES_FOREIGN = {"anon": LOGIN, "alice": 404, "bob": 404, "carol": 200, "dave": 200, "mallory": 404}
+EVERY_USER = {"anon": LOGIN, "alice": 200, "bob": 200, "carol": 200, "dave": 200, "mallory": 200}
+AUDITORS = {"anon": LOGIN, "alice": 404, "bob": 404, "carol": 200, "dave": 200, "mallory": 404}
+# POSTs that change something: operators act on their teams' rollbacks; approvers decide.
+OPERATE_OWN = {"anon": LOGIN, "alice": "ok", "bob": 403, "carol": 403, "dave": "ok", "mallory": 404}
+OPERATE_FOREIGN = {
+    "anon": LOGIN,
+    "alice": 404,
+    "bob": 404,
+    "carol": 403,
+    "dave": "ok",
+    "mallory": 404,
+}
+APPROVE_OWN = {"anon": LOGIN, "alice": 403, "bob": "ok", "carol": 403, "dave": "ok", "mallory": 404}
+APPROVE_FOREIGN = {
+    "anon": LOGIN,
+    "alice": 404,
+    "bob": 404,
+    "carol": 403,
+    "dave": "ok",
+    "mallory": 404,
+}
+
+
+@pytest.fixture
+def world(make_system, alice, bob, carol, dave, mallory, django_user_model):
+    own_sys = make_system("orders-api")
+    make_system("flags", team="platform", kind="feature_flag", tier=3)
+    for system in System.objects.all():
+        services.contract_publish(
+            system=system, actions={"act": {"compensation": {"kind": "simulated"}}}, actor="test"
+        )
+    ApprovalPolicy.objects.create(name="everything", approvals_required=1)
+    objects = {}
+    pat = django_user_model.objects.create_user(
+        "pat"
+    )  # a platform operator: requests the foreign rollback
+    pat.groups.set(
+        [Group.objects.get(name="team:platform"), Group.objects.get_or_create(name="operator")[0]]
+    )
+    for side, system, requester in (("own", "orders-api", alice), ("foreign", "flags", pat)):
+        run, _ = runs.run_register(process="p", external_id=side, actor="test")
+        runs.action_report(
+            run=run, system_slug=system, action_type="act", idempotency_key="k", actor="test"
+        )
+        runs.run_fail(run=run, reason="boom", actor="test")
+        rollback = engine.rollback_plan(run=run, actor=requester, reason="r")
+        objects[side] = {
+            "run": run,
+            "rollback": rollback,
+            "step": rollback.steps.get(),
+            "approval": None,
+            "entry": Entry.objects.filter(rollback_id=rollback.pk).first(),
+        }
+    users = {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "mallory": mallory}
+    tokens = {name: token_create(user=user, name=name)[1] for name, user in users.items()}
+    return {"objects": objects, "users": users, "tokens": tokens, "system": own_sys}
+
+
+def _answer(response) -> object:
+    if response.status_code in (301, 302) and "/login/" in response.get("Location", ""):
+        return LOGIN
+    return response.status_code
+
+
+def _check(client, world, method, url_for, expected, *, data=None, label=""):
+    problems = []
+    for side in ("own", "foreign"):
+        want = expected[side] if isinstance(expected, dict) and side in expected else expected
+        if want is None:
+            continue
+        url = url_for(world["objects"][side])
+        for role in ROLES:
+            client.logout()
+            if role != "anon":
+                client.force_login(world["users"][role])
+            response = client.get(url) if method == "get" else client.post(url, data or {})
+            got = _answer(response)
+            wanted = want[role]
+            ok = got in (200, 204, 302, 400) if wanted == "ok" else got == wanted
+            if not ok:
+                problems.append(f"{label or url} [{side}] as {role}: {got}, expected {wanted}")
+    return problems
+
+
+PAGES = [
+    # (route, method, url builder, expectations for own/foreign objects)
+    ("systems/", "get", lambda o: "/systems/", EVERY_USER),
+    ("runs/", "get", lambda o: "/runs/", EVERY_USER),
+    ("rollbacks/", "get", lambda o: "/rollbacks/", EVERY_USER),
+    ("approvals/", "get", lambda o: "/approvals/", EVERY_USER),
+    (
+        "runs/<int:pk>/",
+        "get",
+        lambda o: f"/runs/{o['run'].pk}/",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
+    (
+        "rollbacks/<int:pk>/",
+        "get",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
+    (
+        "runs/<int:pk>/plan",
+        "post",
+        lambda o: f"/runs/{o['run'].pk}/plan",
+        {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
+    ),
+    (
+        "rollbacks/<int:pk>/<rollback_action:action>",
+        "post",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/start",
+        {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
+    ),
+    (
+        "rollbacks/<int:pk>/steps/<int:step_id>/<step_action:action>",
+        "post",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/steps/{o['step'].pk}/retry",
+        {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
+    ),
+    (
+        "rollbacks/<int:pk>/approve",
+        "post",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/approve",
+        {"own": APPROVE_OWN, "foreign": APPROVE_FOREIGN},
+    ),
+    (
+        "rollbacks/<int:pk>/reject",
+        "post",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/reject",
+        {"own": APPROVE_OWN, "foreign": APPROVE_FOREIGN},
+    ),
+    ("ledger/", "get", lambda o: "/ledger/", AUDITORS),
+    ("ledger/<int:pk>/", "get", lambda o: f"/ledger/{o['entry'].pk}/", AUDITORS),
+]
+
+
+def test_every_url_is_in_the_table():
+    covered = {route for route, *_ in PAGES} | set(OTHER_ROUTES) | set(API_ROUTES)
+    missing = sorted(_routes() - covered)
+    assert not missing, f"views with no access expectations in tests/test_access_walk.py: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("route", "method", "url_for", "expected"), PAGES, ids=[p[0] + " " + p[1] for p in PAGES]
+)
+def test_pages_answer_each_role_as_expected(client, world, route, method, url_for, expected):
+    problems = _check(client, world, method, url_for, expected, label=route)
+    assert not problems, "\n".join(problems)
+
+
+# Routes with a behaviour of their own, each checked by a test below.
+OTHER_ROUTES = {
+    "login/": "test_login_and_logout",
+    "logout/": "test_login_and_logout",
+    "": "test_home_redirects",
+    "approvals/count": "test_approvals_badge",
+    "rollbacks/<int:pk>/approvals/<int:approval_id>/revoke": "test_governance_posts",
+    "rollbacks/<int:pk>/break-glass": "test_governance_posts",
+    "rollbacks/<int:pk>/break-glass/review": "test_governance_posts",
+    "rollbacks/<int:pk>/stages/<int:index>/open-gate": "test_governance_posts",
+    "ledger/verify": "test_ledger_routes",
+    "ledger/exports": "test_ledger_routes",
+    "ledger/exports/<uuid:pk>/": "test_ledger_routes",
+    "ledger/exports/<uuid:pk>/file": "test_ledger_routes",
+    "ledger/exports/<uuid:pk>/manifest.json": "test_ledger_routes",
+}
+
+
+def test_login_and_logout(client, world):
+    assert client.get("/login/").status_code == 200
+    client.force_login(world["users"]["alice"])
+    assert client.get("/login/").status_code == 302  # already logged in
+    assert client.get("/logout/").status_code == 405  # logging out is a POST
+    assert client.post("/logout/").status_code == 302
+    assert _answer(client.get("/systems/")) == LOGIN
+
+
+def test_home_redirects(client, world):
+    assert _answer(client.get("/")) == LOGIN
+    client.force_login(world["users"]["mallory"])
+    assert client.get("/").status_code == 302
+
+
+def test_approvals_badge(client, world):
+    assert client.get("/approvals/count").status_code == 204  # anonymous: nothing to swap
+    for role in ("alice", "bob", "carol", "dave", "mallory"):
+        client.force_login(world["users"][role])
+        assert client.get("/approvals/count").status_code == 200
+
+
+def test_governance_posts(client, world):
+    """Break-glass, its review, gates and revocation, in this order (dave's break-glass is
+    what the reviews then review): nobody without the right gets through."""
+    acted = (302, 400)  # done, or refused by the service with a message (changes nothing)
+    tables = [
+        (
+            "break-glass",
+            {
+                "own": {"alice": 403, "bob": 403, "carol": 403, "dave": 302, "mallory": 404},
+                "foreign": {"alice": 404, "bob": 404, "carol": 403, "dave": 302, "mallory": 404},
+            },
+        ),
+        # dave broke the glass: he may not review it; alice is no reviewer; bob and carol are.
+        (
+            "break-glass/review",
+            {
+                "own": {"alice": 403, "bob": 302, "carol": 302, "dave": 403, "mallory": 404},
+                "foreign": {"alice": 404, "bob": 404, "carol": 302, "dave": 403, "mallory": 404},
+            },
+        ),
+        # alice requested the own rollback (four-eyes); no gate is waiting, so those who may
+        # open one get the service's refusal as a message.
+        (
+            "stages/1/open-gate",
+            {
+                "own": {"alice": 403, "bob": acted, "carol": 403, "dave": acted, "mallory": 404},
+                "foreign": {"alice": 404, "bob": 404, "carol": 403, "dave": acted, "mallory": 404},
+            },
+        ),
+        (
+            "approvals/999999/revoke",
+            {
+                "own": {"alice": 404, "bob": 404, "carol": 404, "dave": 404, "mallory": 404},
+                "foreign": {"alice": 404, "bob": 404, "carol": 404, "dave": 404, "mallory": 404},
+            },
+        ),
+    ]
+    problems = []
+    for suffix, table in tables:
+        for side in ("own", "foreign"):
+            url = f"/rollbacks/{world['objects'][side]['rollback'].pk}/{suffix}"
+            for role in ROLES:
+                client.logout()
+                if role != "anon":
+                    client.force_login(world["users"][role])
+                got = _answer(
+                    client.post(url, {"reason": "x" * 20, "comment": "checked", "confirm": "on"})
+                )
+                want = LOGIN if role == "anon" else table[side][role]
+                if not (got in want if isinstance(want, tuple) else got == want):
+                    problems.append(f"POST {url} [{side}] as {role}: {got}, expected {want}")
+    assert not problems, "\n".join(problems)
+
+
+def test_ledger_routes(client, world):
+    problems = []
+    for role in ROLES:
+        client.logout()
+        if role != "anon":
+            client.force_login(world["users"][role])
+        wanted = AUDITORS[role]
+        got = _answer(client.post("/ledger/verify"))
+        if (wanted == 200 and got not in (200, 302)) or (wanted != 200 and got != wanted):
+            problems.append(f"POST /ledger/verify as {role}: {got}")
+        got = _answer(client.post("/ledger/exports", {"format": "jsonl"}))
+        if (wanted == 200 and got not in (200, 302)) or (wanted != 200 and got != wanted):
+            problems.append(f"POST /ledger/exports as {role}: {got}")
+        for suffix in ("", "file", "manifest.json"):
+            url = f"/ledger/exports/00000000-0000-0000-0000-000000000000/{suffix}"
+            got = _answer(client.get(url))
+            # The manifest also serves API clients: without a session it asks for a token.
+            if got not in ((LOGIN, 401) if role == "anon" else (404,)):
+                problems.append(f"GET {url} as {role}: {got}")
+    assert not problems, "\n".join(problems)
+
+
+# The JSON API, with each role's token. "own"/"foreign" as for the pages.
+API_ROUTES = {
+    "api/v1/openapi.json",
+    "api/v1/",
+    "api/v1/runs",
+    "api/v1/runs/<id>/actions",
+    "api/v1/runs/<id>/failure",
+    "api/v1/rollbacks",
+    "api/v1/rollbacks/<id>",
+    "api/v1/rollbacks/<id>/<action>",
+    "api/v1/rollbacks/<id>/steps/<step_id>/<action>",
+    "api/v1/estate",
+    "api/v1/alerts/alertmanager",
+    "api/v1/ledger/export",
+}
+API_NONE = {"anon": 401}
+
+
+def _api(client, world, role, method, url, body=None):
+    headers = {} if role == "anon" else {"Authorization": f"Bearer {world['tokens'][role]}"}
+    if method == "get":
+        return client.get(url, headers=headers).status_code
+    return client.generic(
+        method.upper(),
+        url,
+        json.dumps(body or {}),
+        content_type="application/json",
+        headers=headers,
+    ).status_code
+
+
+def test_api_answers_each_role_as_expected(client, world, settings):
+    from ledger import signing
+
+    settings.LEDGER_SIGNING_KEY = signing.generate_key_b64()
+    own, foreign = world["objects"]["own"], world["objects"]["foreign"]
+    cases = [
+        # (method, url, body, {role: expected status})
+        (
+            "get",
+            f"/api/v1/rollbacks/{own['rollback'].pk}",
+            None,
+            {"anon": 401, "alice": 200, "bob": 200, "carol": 200, "dave": 200, "mallory": 404},
+        ),
+        (
+            "get",
+            f"/api/v1/rollbacks/{foreign['rollback'].pk}",
+            None,
+            {"anon": 401, "alice": 404, "bob": 404, "carol": 200, "dave": 200, "mallory": 404},
+        ),
+        (
+            "post",
+            "/api/v1/runs",
+            lambda role: {"process": "p", "external_id": f"new-{role}"},
+            {"anon": 401, "alice": 201, "bob": 403, "carol": 403, "dave": 201, "mallory": 403},
+        ),
+        (
+            "post",
+            f"/api/v1/runs/{own['run'].pk}/failure",
+            {"reason": "x"},
+            {"anon": 401, "alice": 200, "bob": 403, "carol": 403, "dave": 200, "mallory": 404},
+        ),
+        (
+            "post",
+            f"/api/v1/runs/{foreign['run'].pk}/failure",
+            {"reason": "x"},
+            {"anon": 401, "alice": 404, "bob": 404, "carol": 403, "dave": 200, "mallory": 404},
+        ),
+        (
+            "post",
+            f"/api/v1/runs/{own['run'].pk}/actions",
+            lambda role: {
+                "system": "orders-api",
+                "action_type": "act",
+                "idempotency_key": f"k-{role}",
+            },
+            {"anon": 401, "alice": 201, "bob": 403, "carol": 403, "dave": 201, "mallory": 404},
+        ),
+        (
+            "post",
+            "/api/v1/rollbacks",
+            {"run": foreign["run"].pk, "reason": "r"},
+            {"anon": 401, "alice": 404, "bob": 404, "carol": 403, "dave": 400, "mallory": 404},
+        ),
+        (
+            "post",
+            f"/api/v1/rollbacks/{own['rollback'].pk}/pause",
+            {},
+            {"anon": 401, "alice": 400, "bob": 403, "carol": 403, "dave": 400, "mallory": 404},
+        ),
+        (
+            "post",
+            f"/api/v1/rollbacks/{foreign['rollback'].pk}/pause",
+            {},
+            {"anon": 401, "alice": 404, "bob": 404, "carol": 403, "dave": 400, "mallory": 404},
+        ),
+        (
+            "post",
+            f"/api/v1/rollbacks/{own['rollback'].pk}/steps/{own['step'].pk}/retry",
+            {},
+            {"anon": 401, "alice": 400, "bob": 403, "carol": 403, "dave": 400, "mallory": 404},
+        ),
+        (
+            "post",
+            f"/api/v1/rollbacks/{own['rollback'].pk}/approve",
+            {"comment": ""},
+            {"anon": 401, "alice": 403, "bob": 400, "carol": 403, "dave": 400, "mallory": 404},
+        ),
+        (
+            "get",
+            "/api/v1/estate",
+            None,
+            {"anon": 401, "alice": 403, "bob": 403, "carol": 403, "dave": 200, "mallory": 403},
+        ),
+        (
+            "put",
+            "/api/v1/estate?dry_run=1",
+            {"version": 1},
+            {"anon": 401, "alice": 403, "bob": 403, "carol": 403, "dave": 200, "mallory": 403},
+        ),
+        (
+            "get",
+            "/api/v1/ledger/export?format=jsonl",
+            None,
+            {"anon": 401, "alice": 403, "bob": 403, "carol": 200, "dave": 200, "mallory": 403},
+        ),
+        (
+            "post",
+            "/api/v1/alerts/alertmanager",
+            {"version": "4"},
+            # Alerts come from service accounts with the operator (or admin) role.
+            {"anon": 401, "alice": 400, "bob": 403, "carol": 403, "dave": 400, "mallory": 403},
+        ),
+    ]
+    problems = []
+    for method, url, body, expected in cases:
+        for role in ROLES:
+            got = _api(client, world, role, method, url, body(role) if callable(body) else body)
+            if got != expected[role]:
+                problems.append(
+                    f"{method.upper()} {url} as {role}: {got}, expected {expected[role]}"
+                )
+    assert client.get("/api/v1/openapi.json").status_code == 200  # the schema is public
+    assert not problems, "\n".join(problems)
