@@ -319,4 +319,5 @@ LOGGING = {
     # One line per probe and per compensation call is noise; errors still show.
     "loggers": {"httpx": {"level": "WARNING"}},
 }
-UNWIND_GOVERNANCE = "governance.gate"
+UNWIND_GOVERNANCE = "governance.gate"  # the engine's approval hooks (docs/architecture.md)
+UNWIND_ESTATE_EXTENSION = "governance.estate.SECTIONS"  # policies and triggers in the estate document

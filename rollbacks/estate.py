@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from django.contrib.auth.models import Group
@@ -70,8 +70,37 @@ def _list(doc: dict, key: str, errors: list) -> list:
     return value
 
 
-def validate(doc: Any) -> list[tuple[str, str]]:
-    """Every error in the document, each with its path. Reads nothing from the database."""
+class Extension(Protocol):
+    """More sections of the document, owned by another app (governance adds ``policies`` and
+    ``triggers``): validated with the rest, applied in the same transaction."""
+
+    sections: tuple[str, ...]
+
+    def validate(self, doc: dict, systems: set[str]) -> list[tuple[str, str]]: ...
+
+    def apply(self, doc: dict, actor: Any, changes: list[str]) -> None: ...
+
+    def export(self) -> dict[str, Any]: ...
+
+
+_CONFIGURED = object()
+
+
+def configured_extension(extension: Any = _CONFIGURED) -> Extension | None:
+    """The extension named by ``settings.UNWIND_ESTATE_EXTENSION`` (governance's policies and
+    triggers), unless the caller passed one (or None for the estate alone)."""
+    if extension is not _CONFIGURED:
+        return extension
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    path = getattr(settings, "UNWIND_ESTATE_EXTENSION", "")
+    return import_string(path) if path else None
+
+
+def validate(doc: Any, extension: Any = _CONFIGURED) -> list[tuple[str, str]]:
+    """Every error in the document, each with its path."""
+    extension = configured_extension(extension)
     if not isinstance(doc, dict):
         return [("", "the document must be a mapping with version, teams, systems, …")]
     errors: list[tuple[str, str]] = []
@@ -79,9 +108,10 @@ def validate(doc: Any) -> list[tuple[str, str]]:
         errors.append((key, f"unknown section (known: {', '.join(sorted(TOP_LEVEL))})"))
     if doc.get("version") != DOCUMENT_VERSION:
         errors.append(("version", f"must be {DOCUMENT_VERSION}"))
+    handled = extension.sections if extension else ()
     for key in ("policies", "triggers"):
-        if doc.get(key):
-            errors.append((key, "is not supported by this version of Unwind yet"))
+        if doc.get(key) and key not in handled:
+            errors.append((key, "is not supported without governance"))
 
     teams: set[str] = set()
     for i, team in enumerate(_list(doc, "teams", errors)):
@@ -181,6 +211,8 @@ def validate(doc: Any) -> list[tuple[str, str]]:
             contracted.add(slug)
         for sub, message in validate_actions(contract.get("actions")):
             errors.append((f"{path}.actions" + (f".{sub}" if sub else ""), message))
+    if extension is not None:
+        errors += extension.validate(doc, systems)
     return errors
 
 
@@ -212,17 +244,22 @@ def _normal_edges(triples) -> set[tuple[str, str, str]]:
     }
 
 
-def import_document(doc: Any, *, actor: Any, dry_run: bool = False) -> ImportResult:
+def import_document(
+    doc: Any, *, actor: Any, dry_run: bool = False, extension: Any = _CONFIGURED
+) -> ImportResult:
     """Validate ``doc`` whole, then (unless ``dry_run``) apply it in one transaction.
 
     Raises :class:`EstateError` with every error and changes nothing when it is invalid.
     """
-    errors = validate(doc)
+    extension = configured_extension(extension)
+    errors = validate(doc, extension)
     if errors:
         raise EstateError(errors)
     result = ImportResult(sha256=document_sha256(doc))
     with transaction.atomic():
         _apply(doc, actor, result)
+        if extension is not None:
+            extension.apply(doc, actor, result.changes)
         if dry_run or not result.changes:
             transaction.set_rollback(True)
         else:
@@ -292,8 +329,9 @@ def _apply(doc: dict, actor: Any, result: ImportResult) -> None:
             changes.append(f"+ contract {system.slug} v{contract.version}")
 
 
-def export_document() -> dict[str, Any]:
+def export_document(extension: Any = _CONFIGURED) -> dict[str, Any]:
     """The current estate as a document that :func:`import_document` reads back unchanged."""
+    extension = configured_extension(extension)
     doc: dict[str, Any] = {"version": DOCUMENT_VERSION}
     doc["teams"] = [{"slug": t.slug, "name": t.name} for t in Team.objects.order_by("slug")]
     systems = []
@@ -330,4 +368,6 @@ def export_document() -> dict[str, Any]:
         {"system": by_id[sid], "actions": c.actions}
         for sid, c in sorted(contracts.items(), key=lambda kv: by_id[kv[0]])
     ]
+    if extension is not None:
+        doc |= extension.export()
     return doc

@@ -51,11 +51,13 @@ def test_auditors_and_admins_see_the_ledger_and_others_do_not(
         )
 
 
-def test_the_nav_link_shows_for_auditors_only(client, carol, alice):
+def test_the_nav_link_shows_for_auditors_and_admins_only(client, carol, dave, alice, mallory):
+    link = '<li><a href="/ledger/">Ledger</a></li>'
+    for user, is_shown in ((carol, True), (dave, True), (alice, False), (mallory, False)):
+        client.force_login(user)
+        assert (link in _text(client.get(reverse("systems")))) is is_shown, user
     client.force_login(carol)
-    assert 'href="/ledger/"' in _text(client.get(reverse("ledger")))
-    client.force_login(alice)
-    assert 'href="/ledger/"' not in _text(client.get(reverse("systems")))
+    assert '<a href="/ledger/" aria-current="page">Ledger</a>' in _text(client.get(reverse("ledger")))
 
 
 # Search and pages --------------------------------------------------------------------------------

@@ -22,7 +22,10 @@ DEMO_USERS = {
 
 
 class Command(BaseCommand):
-    help = "Load the demo estate (demo/estate.yaml, through the estate import) and the demo users."
+    help = (
+        "Load the demo estate (demo/estate.yaml through the estate import: systems, map, contracts, "
+        "approval policies, trigger rules), the demo users and the failed demo run."
+    )
 
     def handle(self, *args, **options):
         path = Path(settings.BASE_DIR) / "demo" / "estate.yaml"
@@ -42,9 +45,5 @@ class Command(BaseCommand):
                     groups.append(Group.objects.get_or_create(name=role)[0])
                 user.groups.set(groups)
         self.stdout.write(f"users: {', '.join(DEMO_USERS)} (password {DEMO_PASSWORD!r})")
-        # The demo's approval policies live in governance (imports flow governance → rollbacks).
-        from demo import policies as demo_policies
-
-        self.stdout.write(demo_policies.ensure(actor="command:seed_demo"))
         self.stdout.write(seed.prepare_orders_db())
         self.stdout.write(seed.failed_run(actor="command:seed_demo"))
