@@ -320,4 +320,6 @@ LOGGING = {
     "loggers": {"httpx": {"level": "WARNING"}},
 }
 UNWIND_GOVERNANCE = "governance.gate"  # the engine's approval hooks (docs/architecture.md)
-UNWIND_ESTATE_EXTENSION = "governance.estate.SECTIONS"  # policies and triggers in the estate document
+UNWIND_ESTATE_EXTENSION = (
+    "governance.estate.SECTIONS"  # policies and triggers in the estate document
+)

@@ -26,7 +26,6 @@ from ledger import signing
 from ledger.canonical import (
     CSV_COLUMNS,
     FIELDS,
-    FORMULA_STARTS,
     canonical,
     canonical_json,
     csv_cells,
@@ -83,7 +82,7 @@ def _python_rows(queryset, export: Export) -> Iterator[tuple[str, list | str]]:
 
 
 def _postgres_rows(queryset, export: Export) -> Iterator[tuple[str, list | str]]:
-    """The same, with PostgreSQL rendering each JSON line (or the payload cell) in C."""
+    """The same, with PostgreSQL rendering each whole JSON or CSV line."""
     from ledger.canonical import pg_canonical_sql
 
     if export.format == Export.Format.JSONL:
@@ -94,31 +93,35 @@ def _postgres_rows(queryset, export: Export) -> Iterator[tuple[str, list | str]]
         )
         for digest, line, entry_id in rows:
             if line is None:  # a NULL somewhere (a tampered row): render it in Python
-                values = Entry.objects.values(*FIELDS).get(pk=entry_id)
+                values = queryset.model.objects.using(queryset.db).values(*FIELDS).get(pk=entry_id)
                 line = canonical(values, with_hash=digest)
             yield digest, line
         return
-    # CSV: every cell rendered as text by PostgreSQL, in column order, as one text[].
-    rows = (
-        queryset.annotate(_cells=RawSQL(_PG_CSV_CELLS, (), output_field=TextField()))
-        .values_list("hash", "_cells")
+    # CSV: PostgreSQL renders each whole line, cells neutralised and quoted (_PG_CSV_LINE).
+    yield from (
+        queryset.annotate(_line=RawSQL(_PG_CSV_LINE, (), output_field=TextField()))
+        .values_list("hash", "_line")
         .iterator(chunk_size=CHUNK_ROWS)
     )
-    starts = frozenset(FORMULA_STARTS)
-    for digest, cells in rows:
-        yield digest, [("'" + c) if c[:1] in starts else c for c in cells]
 
 
-def _pg_cell(name: str) -> str:
+def _pg_csv_cell(name: str) -> str:
+    """One cell of a CSV line, as SQL: the value as text (UTC time; '' for NULL), ``'``
+    before a formula start as ``canonical.neutralise`` does, then quoted with quotes
+    doubled; numbers and the time need neither."""
     ref = f'"ledger_entry"."{name}"'
     if name == "at":
         return f"""to_char({ref} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-    if name in ("actor_user_id", "rollback_id"):
-        return f"coalesce({ref}::text, '')"
-    return f"{ref}::text"
+    if name in ("id", "seq"):
+        return f"{ref}::text"
+    value = f"coalesce({ref}::text, '')"
+    # canonical.FORMULA_STARTS: = + - @, tab, carriage return, and the quote itself.
+    starts = "'=', '+', '-', '@', chr(9), chr(13), chr(39)"
+    neutral = f"CASE WHEN left({value}, 1) IN ({starts}) THEN chr(39) || {value} ELSE {value} END"
+    return f"""'"' || replace({neutral}, '"', '""') || '"'"""
 
 
-_PG_CSV_CELLS = "ARRAY[" + ", ".join(_pg_cell(name) for name in CSV_COLUMNS) + "]"
+_PG_CSV_LINE = "(" + " || ',' || ".join(_pg_csv_cell(name) for name in CSV_COLUMNS) + ")"
 
 
 def export_stream(export: Export) -> Iterator[bytes]:
@@ -135,7 +138,8 @@ def export_stream(export: Export) -> Iterator[bytes]:
     digest, size, count = hashlib.sha256(), 0, 0
     first_hash = last_hash = ""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n") if export.format == "csv" else None
+    newline = "\r\n" if export.format == Export.Format.CSV else "\n"
+    writer = csv.writer(buffer, lineterminator=newline)
 
     def take() -> bytes:
         nonlocal size
@@ -152,16 +156,16 @@ def export_stream(export: Export) -> Iterator[bytes]:
             rows = _postgres_rows(queryset, export)
         else:
             rows = _python_rows(queryset, export)
-        if writer is not None:
+        if export.format == Export.Format.CSV:
             writer.writerow(CSV_COLUMNS)
         for entry_hash, rendered in rows:
             if not count:
                 first_hash = entry_hash
             last_hash = entry_hash
             count += 1
-            if writer is None:
+            if isinstance(rendered, str):  # a whole line, rendered by the database
                 buffer.write(rendered)
-                buffer.write("\n")
+                buffer.write(newline)
             else:
                 writer.writerow(rendered)
             if buffer.tell() >= CHUNK_BYTES:

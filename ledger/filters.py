@@ -1,16 +1,18 @@
 """The ledger's filters, shared by the auditor's view, the exports (UI, API, command).
 
 Query parameters: ``rollback``, ``chain``, ``system``, ``actor``, ``action``, ``outcome``,
-``trace``, ``from`` and ``to`` (ISO 8601 times, ``from`` inclusive, ``to`` exclusive).
+``trace``, ``from`` and ``to`` (ISO 8601 times, UTC unless they carry an offset; ``from``
+inclusive, ``to`` exclusive).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from ledger.canonical import format_at
 from ledger.models import Entry, Outcome
@@ -48,13 +50,18 @@ class FilterForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+
         # ``from`` and ``to`` are Python keywords: declared here rather than as attributes.
-        widget = forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"})
+        def when() -> forms.DateTimeInput:
+            return forms.DateTimeInput(
+                attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S"
+            )
+
         self.fields["from"] = forms.DateTimeField(
-            label="From", required=False, widget=widget, help_text="inclusive"
+            label="From (UTC)", required=False, widget=when(), help_text="inclusive"
         )
         self.fields["to"] = forms.DateTimeField(
-            label="To", required=False, widget=widget, help_text="exclusive"
+            label="To (UTC)", required=False, widget=when(), help_text="exclusive"
         )
 
     def clean(self):
@@ -78,9 +85,11 @@ class FilterForm(forms.Form):
 
 
 def parse(params) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """(filters, errors) from query parameters."""
+    """(filters, errors) from query parameters; a time without an offset is UTC."""
     form = FilterForm({k: params.get(k) for k in FILTER_NAMES if params.get(k) not in (None, "")})
-    if not form.is_valid():
+    with timezone.override(UTC):
+        is_valid = form.is_valid()
+    if not is_valid:
         return {}, {name: list(errors) for name, errors in form.errors.items()}
     return form.filters(), {}
 

@@ -20,7 +20,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from ledger import db, signing
-from ledger.canonical import FIELDS, GENESIS, entry_hash, pg_canonical_sql
+from ledger.canonical import FIELDS, GENESIS, canonical, entry_hash, pg_canonical_sql
 from ledger.checkpoints import replay
 from ledger.models import ChainHead, Checkpoint, Entry, Outcome, Verification
 
@@ -128,15 +128,31 @@ def _recheck_in_python(alias: str, result: VerifyResult) -> None:
             )
 
 
+def _pages(rows, size: int = CHUNK):
+    """Rows in lists of ``size``: the walk's loop is over lists, not through generators."""
+    page = []
+    for row in rows:
+        page.append(row)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
 def _stream_fast(alias: str):
-    """(id, chain, seq, prev_hash, hash, canonical text) in id order, rendered by PostgreSQL,
-    through a server-side cursor in the current transaction."""
-    return (
+    """Pages of (id, chain, seq, prev_hash, hash, canonical bytes) in id order, rendered by
+    PostgreSQL, through a server-side cursor in the current transaction."""
+    rows = (
         Entry.objects.using(alias)
         .order_by("id")
-        .annotate(_canonical=RawSQL(pg_canonical_sql(), ()))
+        .annotate(_canonical=RawSQL(pg_canonical_sql(exact=False), ()))
         .values_list("id", "chain", "seq", "prev_hash", "hash", "_canonical")
         .iterator(chunk_size=CHUNK)
+    )
+    return _pages(
+        (entry_id, chain, seq, prev_hash, digest, None if text is None else text.encode())
+        for entry_id, chain, seq, prev_hash, digest, text in rows
     )
 
 
@@ -157,8 +173,10 @@ def _stream_parallel(alias: str, workers: int, snapshot: str):
         raise ValueError(f"unexpected snapshot id {snapshot!r}")
     pages: queue.Queue = queue.Queue(maxsize=2 * workers)
     stop = threading.Event()
+    # Binary results and the text as bytea: no UTF-8 decoding and re-encoding per row.
     sql = (
-        f"SELECT id, chain, seq, prev_hash, hash, {pg_canonical_sql()} FROM ledger_entry "
+        "SELECT id, chain, seq, prev_hash, hash, "
+        f"convert_to({pg_canonical_sql(exact=False)}, 'UTF8') FROM ledger_entry "
         "WHERE (hashtext(chain) & 2147483647) %% %s = %s ORDER BY id"
     )
 
@@ -176,7 +194,8 @@ def _stream_parallel(alias: str, workers: int, snapshot: str):
             with transaction.atomic(using=alias), connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-                with connection.connection.cursor(name=f"ledger_verify_{share}") as rows:
+                raw = connection.connection
+                with raw.cursor(name=f"ledger_verify_{share}", binary=True) as rows:
                     rows.execute(sql, [workers, share])
                     while not stop.is_set() and (page := rows.fetchmany(CHUNK)):
                         put(page)
@@ -198,7 +217,7 @@ def _stream_parallel(alias: str, workers: int, snapshot: str):
             elif isinstance(page, BaseException):
                 raise page
             else:
-                yield from page
+                yield page
     finally:
         stop.set()
         for thread in threads:
@@ -206,21 +225,23 @@ def _stream_parallel(alias: str, workers: int, snapshot: str):
 
 
 def _stream_python(alias: str):
-    """The same rows, with the canonical text rendered in Python (any database)."""
+    """The same pages, with the canonical text rendered in Python (any database)."""
     names = ("hash", *FIELDS)
     rows = Entry.objects.using(alias).order_by("id").values_list(*names).iterator(chunk_size=CHUNK)
-    from ledger.canonical import canonical
 
-    for row in rows:
-        values = dict(zip(names, row, strict=True))
-        yield (
-            values["id"],
-            values["chain"],
-            values["seq"],
-            values["prev_hash"],
-            values["hash"],
-            canonical(values),
-        )
+    def rendered():
+        for row in rows:
+            values = dict(zip(names, row, strict=True))
+            yield (
+                values["id"],
+                values["chain"],
+                values["seq"],
+                values["prev_hash"],
+                values["hash"],
+                canonical(values).encode(),
+            )
+
+    return _pages(rendered())
 
 
 def verify(
@@ -268,12 +289,12 @@ def verify(
             size = ChainHead.objects.using(alias).aggregate(n=Sum("seq"))["n"] or 0
             workers = workers if size >= PARALLEL_FROM else 1
         if fast and snapshot and workers > 1:
-            rows = _stream_parallel(alias, workers, snapshot)
+            pages = _stream_parallel(alias, workers, snapshot)
         elif fast:
-            rows = _stream_fast(alias)
+            pages = _stream_fast(alias)
         else:
-            rows = _stream_python(alias)
-        heads = _walk(state.anchors, rows, result)
+            pages = _stream_python(alias)
+        heads = _walk(state.anchors, pages, result)
         _recheck_in_python(alias, result)
         result.chains = len(heads)
         _check_missing(state.anchors, heads, result)
@@ -289,63 +310,66 @@ def verify(
     return result
 
 
-def _walk(anchors, rows, result: VerifyResult) -> dict[str, tuple[int, str, int]]:
+def _walk(anchors, pages, result: VerifyResult) -> dict[str, tuple[int, str, int]]:
     """The tight loop of step 2. Returns chain -> (last seq, last hash, last id); rows whose
     text does not hash right wait in ``result.suspects`` for ``_recheck_in_python``."""
     heads: dict[str, tuple[int, str, int]] = {}
     suspects = result.suspects
     sha256 = hashlib.sha256
     count = 0
-    for entry_id, chain, seq, prev_hash, digest, text in rows:
-        count += 1
-        head = heads.get(chain)
-        if head is None:
-            want_seq, want_prev = 1, GENESIS
-        else:
-            want_seq, want_prev = head[0] + 1, head[1]
-        if text is None or sha256(text.encode()).hexdigest() != digest:
-            suspects.append((entry_id, chain, seq, digest))
-        if seq != want_seq:
-            if seq > want_seq:
-                gone = f"{want_seq}" if seq == want_seq + 1 else f"{want_seq}-{seq - 1}"
-                what = f"expected seq {want_seq}: entry {gone} of this chain is missing (deleted)"
-                kind = "gap"
+    for page in pages:
+        count += len(page)
+        for entry_id, chain, seq, prev_hash, digest, text in page:
+            head = heads.get(chain)
+            if head is None:
+                want_seq, want_prev = 1, GENESIS
             else:
-                what = (
-                    f"expected seq {want_seq}: seq {seq} again or out of order "
-                    "(entries moved, swapped or duplicated)"
+                want_seq, want_prev = head[0] + 1, head[1]
+            if text is None or sha256(text).hexdigest() != digest:
+                suspects.append((entry_id, chain, seq, digest))
+            if seq != want_seq:
+                if seq > want_seq:
+                    gone = f"{want_seq}" if seq == want_seq + 1 else f"{want_seq}-{seq - 1}"
+                    what = (
+                        f"expected seq {want_seq}: entry {gone} of this chain is missing (deleted)"
+                    )
+                    kind = "gap"
+                else:
+                    what = (
+                        f"expected seq {want_seq}: seq {seq} again or out of order "
+                        "(entries moved, swapped or duplicated)"
+                    )
+                    kind = "order"
+                result.add(
+                    Problem(kind, chain, seq, entry_id, f"{_where(chain, seq, entry_id)}: {what}")
                 )
-                kind = "order"
-            result.add(
-                Problem(kind, chain, seq, entry_id, f"{_where(chain, seq, entry_id)}: {what}")
-            )
-        elif prev_hash != want_prev:
-            result.add(
-                Problem(
-                    "link",
-                    chain,
-                    seq,
-                    entry_id,
-                    f"{_where(chain, seq, entry_id)}: prev_hash is not the hash of seq "
-                    f"{want_seq - 1} (an entry before it was replaced)",
-                )
-            )
-        heads[chain] = (seq, digest, entry_id)
-        recorded = anchors.get(chain)
-        if recorded is not None and seq in recorded:
-            expected, checkpoint = recorded.pop(seq)
-            if expected != digest:
+            elif prev_hash != want_prev:
                 result.add(
                     Problem(
-                        "checkpoint",
+                        "link",
                         chain,
                         seq,
                         entry_id,
-                        f"{_where(chain, seq, entry_id)}: checkpoint {checkpoint} recorded "
-                        f"hash {expected[:12]}… for this entry, it now has {digest[:12]}…",
-                        checkpoint,
+                        f"{_where(chain, seq, entry_id)}: prev_hash is not the hash of seq "
+                        f"{want_seq - 1} (an entry before it was replaced)",
                     )
                 )
+            heads[chain] = (seq, digest, entry_id)
+            recorded = anchors.get(chain)
+            if recorded is not None and seq in recorded:
+                expected, checkpoint = recorded.pop(seq)
+                if expected != digest:
+                    result.add(
+                        Problem(
+                            "checkpoint",
+                            chain,
+                            seq,
+                            entry_id,
+                            f"{_where(chain, seq, entry_id)}: checkpoint {checkpoint} recorded "
+                            f"hash {expected[:12]}… for this entry, it now has {digest[:12]}…",
+                            checkpoint,
+                        )
+                    )
     result.entries = count
     return heads
 

@@ -3,8 +3,10 @@ API. Auditors and admins only: everyone else gets 404, as for anything they may 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -21,6 +23,7 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import urlencode
 from django.utils.module_loading import import_string
 from django.views.decorators.http import require_GET, require_POST
@@ -37,6 +40,18 @@ TOKEN_AUTHENTICATE = "rollbacks.tokens.token_authenticate"
 
 
 # Helpers ------------------------------------------------------------------------------------
+
+
+def _in_utc(view):
+    """The ledger speaks UTC (its canonical times are UTC): show and read times in UTC,
+    whatever TIME_ZONE the rest of the app uses."""
+
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        with timezone.override(UTC):
+            return view(request, *args, **kwargs)
+
+    return wrapped
 
 
 def _page(queryset, *, before: int | None, after: int | None) -> tuple[list[Entry], bool, bool]:
@@ -112,6 +127,7 @@ def _api_error(status: int, detail: str, errors: dict | None = None) -> JsonResp
 
 @login_required
 @require_GET
+@_in_utc
 def entry_list(request: HttpRequest) -> HttpResponse:
     """Search the ledger: filters, keyset pages, the verification badge, exports."""
     access.require_auditor(request.user)
@@ -155,6 +171,7 @@ def _key_facts() -> dict[str, str] | None:
 
 @login_required
 @require_GET
+@_in_utc
 def entry_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One entry, its place in its chain and whether it verifies there."""
     access.require_auditor(request.user)
@@ -199,6 +216,7 @@ def _is_local(url: str | None) -> bool:
 
 @login_required
 @require_POST
+@_in_utc
 def export_new(request: HttpRequest) -> HttpResponse:
     """Start an export of the current filter (ledgered), then go to its page."""
     access.require_auditor(request.user)
@@ -217,6 +235,7 @@ def export_new(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
+@_in_utc
 def export_detail(request: HttpRequest, pk) -> HttpResponse:
     """An export: download its file, then its manifest, and how to verify them."""
     export = access.get_export_for_user(request.user, pk)
@@ -263,6 +282,7 @@ def export_manifest(request: HttpRequest, pk) -> HttpResponse:
 
 
 @require_GET
+@_in_utc
 def export_api(request: HttpRequest) -> HttpResponse:
     """``GET /api/v1/ledger/export?format=jsonl|csv&<filters>``: the export, streamed; its
     manifest is at the URL in the ``Link`` header once the stream has ended."""

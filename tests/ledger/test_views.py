@@ -57,7 +57,9 @@ def test_the_nav_link_shows_for_auditors_and_admins_only(client, carol, dave, al
         client.force_login(user)
         assert (link in _text(client.get(reverse("systems")))) is is_shown, user
     client.force_login(carol)
-    assert '<a href="/ledger/" aria-current="page">Ledger</a>' in _text(client.get(reverse("ledger")))
+    assert '<a href="/ledger/" aria-current="page">Ledger</a>' in _text(
+        client.get(reverse("ledger"))
+    )
 
 
 # Search and pages --------------------------------------------------------------------------------
@@ -307,3 +309,13 @@ def test_under_asgi_the_export_streams_chunk_by_chunk(async_client, tokens, ledg
     body = b"".join(chunks)
     lines = [json.loads(line) for line in body.decode().splitlines()]
     assert len(lines) == Entry.objects.exclude(action="ledger.exported").count()
+
+
+def test_times_without_an_offset_are_utc_whatever_the_time_zone(settings):
+    from ledger.filters import parse
+
+    settings.TIME_ZONE = "Europe/Paris"
+    filters, errors = parse({"from": "2026-01-01T00:00", "to": "2026-01-01T02:00:00+01:00"})
+    assert errors == {}
+    assert filters == {"from": "2026-01-01T00:00:00.000000Z", "to": "2026-01-01T01:00:00.000000Z"}
+    assert parse({"from": "2026-01-02", "to": "2026-01-01"})[1] == {"to": ["must be after From"]}
