@@ -88,6 +88,19 @@ def _check_eligible(rollback: Rollback, user: Any, action: str) -> Requirements:
     return req
 
 
+def _locked_awaiting_approval(rollback: Rollback) -> Rollback:
+    """The rollback's row, locked; refused unless it awaits approval. Concurrent decisions
+    serialise here."""
+    rollback = Rollback.objects.select_for_update().get(pk=rollback.pk)
+    if rollback.state != Rollback.State.AWAITING_APPROVAL:
+        raise EngineError(
+            {
+                "state": f"rollback #{rollback.pk} is {rollback.get_state_display()}: it does not await approval"
+            }
+        )
+    return rollback
+
+
 def rollback_approve(
     *, rollback: Rollback, approver: Any, comment: str, attestations: dict[str, str] | None = None
 ) -> Approval:
@@ -105,14 +118,7 @@ def rollback_approve(
     if missing:
         raise EngineError({"attestations": [f"tick and comment: {label}" for label in missing]})
     with transaction.atomic():
-        rollback = Rollback.objects.select_for_update().get(pk=rollback.pk)
-        if rollback.state != Rollback.State.AWAITING_APPROVAL:
-            raise EngineError(
-                {
-                    "state": f"rollback #{rollback.pk} is {rollback.get_state_display()}: "
-                    "it does not await approval"
-                }
-            )
+        rollback = _locked_awaiting_approval(rollback)
         if rollback.approvals.filter(approver=approver, revoked_at__isnull=True).exists():
             raise EngineError({"approver": "you have already decided on this rollback"})
         now = timezone.now()
@@ -157,14 +163,7 @@ def rollback_reject(*, rollback: Rollback, approver: Any, comment: str) -> Appro
     if not comment:
         raise EngineError({"comment": "say why you reject it"})
     with transaction.atomic():
-        rollback = Rollback.objects.select_for_update().get(pk=rollback.pk)
-        if rollback.state != Rollback.State.AWAITING_APPROVAL:
-            raise EngineError(
-                {
-                    "state": f"rollback #{rollback.pk} is {rollback.get_state_display()}: "
-                    "it does not await approval"
-                }
-            )
+        rollback = _locked_awaiting_approval(rollback)
         approval = Approval.objects.create(
             rollback=rollback, approver=approver, decision=Approval.Decision.REJECT, comment=comment
         )
