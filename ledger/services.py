@@ -7,6 +7,14 @@ Each entry joins a hash chain: its rollback's (``rollback:<id>``) or the global 
 append locks that chain's head row until the caller's transaction ends, so appends to one
 chain are serialised (each entry names the hash of the one before it) while appends to
 different rollbacks run side by side.
+
+A transaction may append to several chains. So that two such transactions can never wait for
+each other (a deadlock, which PostgreSQL breaks by aborting one of them and its change), the
+chains have one order (``chain_order_key``: rollbacks by id, then the global chain) and a
+transaction only ever *waits* for a chain that comes after every chain it holds. A chain
+that comes before is taken only if it is free at once (``SKIP LOCKED``); if it is not (or
+does not exist yet), the entry joins the last chain the transaction already holds instead.
+It still names its rollback, and it is hash-chained and verified like any other entry.
 """
 
 from __future__ import annotations
@@ -22,14 +30,36 @@ from config.telemetry import current_trace_id
 from ledger.canonical import GENESIS, entry_hash
 from ledger.models import ChainHead, Entry, Outcome, chain_for
 
+# The transaction's last chain in the lock order (``chain_order_key``), kept in a setting that
+# PostgreSQL forgets when the transaction (or the savepoint it was set in) ends.
+_HELD = "unwind.ledger_chain"
+
 # Locks the chain's head and takes the next entry id in one round trip. MATERIALIZED makes
 # PostgreSQL lock the row before nextval() runs, so ids grow with seq inside a chain, which
-# lets verification walk the whole ledger once in id order.
+# lets verification walk the whole ledger once in id order. ``try``: skip the row if another
+# transaction holds it (no wait); ``wait``: wait for it. Both return the chain this
+# transaction held last before, and record the later of the two as held.
 _PG_LOCK_HEAD = (
-    "WITH head AS MATERIALIZED (SELECT seq, hash FROM ledger_chainhead WHERE chain = %s "
-    "FOR UPDATE) SELECT head.seq, head.hash, nextval(%s::regclass) FROM head"
+    "WITH held AS MATERIALIZED (SELECT current_setting('" + _HELD + "', true) AS key), "
+    "head AS MATERIALIZED (SELECT seq, hash FROM ledger_chainhead WHERE chain = %(chain)s "
+    "FOR UPDATE{mode}) "
+    "SELECT held.key, head.seq, head.hash, "
+    "CASE WHEN head.seq IS NOT NULL THEN nextval(%(sequence)s::regclass) END, "
+    "CASE WHEN head.seq IS NOT NULL THEN set_config('" + _HELD + "', "
+    "greatest(coalesce(held.key, '') COLLATE \"C\", %(key)s), true) END "
+    "FROM held LEFT JOIN head ON true"
 )
+_PG_TRY_HEAD = _PG_LOCK_HEAD.format(mode=" SKIP LOCKED")
+_PG_WAIT_HEAD = _PG_LOCK_HEAD.format(mode="")
 _pg_sequences: dict[str, str] = {}
+
+
+def chain_order_key(chain: str) -> str:
+    """The chain's place in the lock order, as text that sorts bytewise: rollbacks by id,
+    then any other chain (the global one) by name; the chain's name follows ``|``."""
+    if chain.startswith("rollback:"):
+        return f"r{int(chain.removeprefix('rollback:')):020d}|{chain}"
+    return f"z{chain}|{chain}"
 
 
 def actor_label(actor: Any) -> str:
@@ -50,34 +80,54 @@ def _pg_sequence(connection) -> str:
     return _pg_sequences[connection.alias]
 
 
-def _lock_head(connection, chain: str) -> tuple[int, str, int | None]:
-    """(seq, hash) of the chain's head, locked until the transaction ends, and the id the
-    new entry takes (None: let the database choose)."""
+def _lock_head(connection, chain: str) -> tuple[str, int, str, int | None]:
+    """(chain, seq, hash) of the head the new entry goes after, locked until the transaction
+    ends, and the id the new entry takes (None: let the database choose). The chain is
+    ``chain`` unless taking it could deadlock (module docstring)."""
+    if connection.vendor != "postgresql":
+        return chain, *_lock_head_sqlite(chain)
+    key = chain_order_key(chain)
+    params = {"chain": chain, "key": key, "sequence": _pg_sequence(connection)}
     for _ in range(2):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(_PG_LOCK_HEAD, [chain, _pg_sequence(connection)])
-                row = cursor.fetchone()
-            if row is not None:
-                return row[0], row[1], row[2]
-        else:
-            # SQLite: the IMMEDIATE transaction already holds the database's write lock, so
-            # nobody else appends until it commits and max(id) + 1 is ours.
-            row = (
-                ChainHead.objects.select_for_update()
-                .filter(chain=chain)
-                .values_list("seq", "hash")
-                .first()
-            )
-            if row is not None:
-                last = Entry.objects.aggregate(last=Max("id"))["last"] or 0
-                return row[0], row[1], last + 1
-        # A new chain: create its head (or find that a concurrent append just did; on
-        # PostgreSQL ON CONFLICT waits for that transaction) and lock it.
-        ChainHead.objects.bulk_create(
-            [ChainHead(chain=chain, seq=0, hash=GENESIS)], ignore_conflicts=True
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(_PG_TRY_HEAD, params)
+            held, seq, digest, entry_id, _ = cursor.fetchone()
+            if seq is not None:
+                return chain, seq, digest, entry_id
+            if held and key < held:
+                # Out of order and busy (or new): the last chain held takes the entry.
+                return _lock_head(connection, held.partition("|")[2])
+            cursor.execute(_PG_WAIT_HEAD, params)
+            held, seq, digest, entry_id, _ = cursor.fetchone()
+            if seq is not None:
+                return chain, seq, digest, entry_id
+        _create_head(chain)
     raise RuntimeError(f"ledger chain head {chain!r} could not be locked")
+
+
+def _lock_head_sqlite(chain: str) -> tuple[int, str, int]:
+    # The IMMEDIATE transaction already holds the database's write lock, so nobody else
+    # appends until it commits and max(id) + 1 is ours.
+    for _ in range(2):
+        row = (
+            ChainHead.objects.select_for_update()
+            .filter(chain=chain)
+            .values_list("seq", "hash")
+            .first()
+        )
+        if row is not None:
+            last = Entry.objects.aggregate(last=Max("id"))["last"] or 0
+            return row[0], row[1], last + 1
+        _create_head(chain)
+    raise RuntimeError(f"ledger chain head {chain!r} could not be locked")
+
+
+def _create_head(chain: str) -> None:
+    """A new chain's head (or nothing, when a concurrent append just made it; on PostgreSQL
+    ON CONFLICT waits for that transaction: only ever for a chain in lock order)."""
+    ChainHead.objects.bulk_create(
+        [ChainHead(chain=chain, seq=0, hash=GENESIS)], ignore_conflicts=True
+    )
 
 
 def record(
@@ -95,7 +145,9 @@ def record(
 ) -> Entry:
     """Append one entry to its chain, in the caller's transaction.
 
-    1. Lock the chain's head row (``SELECT … FOR UPDATE``) and take the next id.
+    1. Lock the chain's head row (``SELECT … FOR UPDATE``) and take the next id: the
+       rollback's chain, or the global one, or the last chain the transaction holds when
+       waiting for that one could deadlock (module docstring).
     2. Hash the entry's canonical form, which names the head's hash as ``prev_hash``.
     3. Insert the entry and move the head; both commit or roll back with the caller.
     """
@@ -106,11 +158,10 @@ def record(
     if not connection.in_atomic_block:
         raise RuntimeError("ledger.record() must be called inside the transaction of its change")
     user = actor if getattr(actor, "is_authenticated", False) else None
-    chain = chain_for(rollback_id)
     # What the database will give back (tuples become lists, keys strings), so that the
     # hash computed now is the hash of what verification reads later.
     payload = json.loads(json.dumps(payload or {}))
-    seq, prev_hash, entry_id = _lock_head(connection, chain)
+    chain, seq, prev_hash, entry_id = _lock_head(connection, chain_for(rollback_id))
     entry = Entry(
         id=entry_id,
         chain=chain,
