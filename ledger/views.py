@@ -1,5 +1,6 @@
-"""The auditor's pages (search, entry detail, verification badge, exports) and the export
-API. Auditors and admins only: everyone else gets 404, as for anything they may not see."""
+"""The auditor's pages (search, entry detail, verification badge, exports) and an export's
+manifest (the export API itself is ``ledger/api.py``). Auditors and admins only: everyone
+else gets 404, as for anything they may not see."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _streaming(
+def streaming_response(
     request: HttpRequest, chunks: Iterator[bytes], export: Export
 ) -> StreamingHttpResponse:
     # Under ASGI a synchronous iterator would be read whole into memory first (Django does
@@ -261,7 +262,7 @@ def export_file(request: HttpRequest, pk) -> HttpResponse:
             status=410,
             content_type="text/plain; charset=utf-8",
         )
-    return _streaming(request, export_stream(export), export)
+    return streaming_response(request, export_stream(export), export)
 
 
 @require_GET
@@ -276,31 +277,3 @@ def export_manifest(request: HttpRequest, pk) -> HttpResponse:
     response = JsonResponse(export.manifest, json_dumps_params={"indent": 2, "sort_keys": True})
     response["Content-Disposition"] = f'attachment; filename="{export.manifest_filename}"'
     return response
-
-
-# The export API -------------------------------------------------------------------------------
-
-
-@require_GET
-@_in_utc
-def export_api(request: HttpRequest) -> HttpResponse:
-    """``GET /api/v1/ledger/export?format=jsonl|csv&<filters>``: the export, streamed; its
-    manifest is at the URL in the ``Link`` header once the stream has ended."""
-    user = _bearer_user(request)
-    if user is None:
-        return _api_error(
-            401, "Send Authorization: Bearer <token> (manage.py create_service_token)."
-        )
-    if not access.can_audit(user):
-        return _api_error(403, "Exporting the ledger needs the auditor or admin role.")
-    fmt = request.GET.get("format", Export.Format.JSONL)
-    filters, errors = ledger_filters.parse(request.GET)
-    if fmt not in Export.Format.values:
-        errors = {**errors, "format": ["use jsonl or csv"]}
-    if errors:
-        return _api_error(400, "Invalid filters.", errors)
-    try:
-        export = export_create(actor=user, format=fmt, filters=filters)
-    except ImproperlyConfigured as exc:
-        return _api_error(503, str(exc))
-    return _streaming(request, export_stream(export), export)

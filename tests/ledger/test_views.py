@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from ledger import signing
+from ledger.filters import FILTER_NAMES
 from ledger.models import Entry, Export, Verification
 from ledger.verify_export import verify_export
 
@@ -319,3 +320,36 @@ def test_times_without_an_offset_are_utc_whatever_the_time_zone(settings):
     assert errors == {}
     assert filters == {"from": "2026-01-01T00:00:00.000000Z", "to": "2026-01-01T01:00:00.000000Z"}
     assert parse({"from": "2026-01-02", "to": "2026-01-01"})[1] == {"to": ["must be after From"]}
+
+
+def test_the_export_api_is_in_the_openapi_schema_with_its_parameters(client):
+    schema = client.get("/api/v1/openapi.json").json()
+    operation = schema["paths"]["/api/v1/ledger/export"]["get"]
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert set(params) == {"format", *FILTER_NAMES}
+    assert all(p["in"] == "query" and not p["required"] for p in params.values())
+    assert params["format"]["schema"]["enum"] == ["jsonl", "csv"]
+    assert params["rollback"]["schema"] == {"type": "integer", "minimum": 1}
+    assert params["outcome"]["schema"]["enum"] == ["ok", "refused", "failed"]
+    assert params["from"]["schema"]["format"] == "date-time"
+    assert params["trace"]["schema"]["pattern"]
+    ok = operation["responses"]["200"]
+    assert {"application/x-ndjson", "text/csv"} <= set(ok["content"])
+    assert {"Link", "Ledger-Export-Id"} <= set(ok["headers"])
+    assert {"400", "401", "403", "503"} <= set(operation["responses"])
+    scheme = next(iter(operation["security"][0]))
+    assert schema["components"]["securitySchemes"][scheme]["scheme"] == "bearer"
+
+
+def test_a_bad_filter_is_named_in_the_400_and_starts_no_export(client, tokens, ledger_rows):
+    before = Entry.objects.count()
+    response = client.get(
+        "/api/v1/ledger/export",
+        {"from": "yesterday", "outcome": "maybe"},
+        HTTP_AUTHORIZATION=f"Bearer {tokens['audit']}",
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert set(body["errors"]) == {"from", "outcome"}
+    assert "from:" in body["detail"] and "outcome:" in body["detail"]
+    assert Entry.objects.count() == before and not Export.objects.exists()
