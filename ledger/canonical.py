@@ -237,10 +237,12 @@ def pg_canonical_sql(
     for a row of ``table``: string concatenation, ``to_json`` for strings, ``to_char`` for
     the time and ``payload::text`` for the payload. A NULL anywhere makes it NULL.
 
-    ``exact=False`` (verification only) escapes ``MACHINE_STRINGS`` with ``replace()``: the
-    text is then not always valid JSON (a control character stays raw), but it is still an
-    unambiguous rendering, and a row it renders differently from Python simply fails the
-    hash check and is re-checked in Python."""
+    ``exact=False`` (verification only) escapes strings with ``replace()`` rather than
+    ``to_json()``: ``\\`` and ``"`` in ``MACHINE_STRINGS``, and line feed, carriage return
+    and tab too in free text. The text is then not always valid JSON (another control
+    character stays raw), but it is still an unambiguous rendering that equals Python's
+    wherever no such character is, and a row it renders differently from Python simply
+    fails the hash check and is re-checked in Python."""
 
     def column(name: str) -> str:
         ref = f'"{table}"."{name}"'
@@ -254,6 +256,13 @@ def pg_canonical_sql(
             return f"coalesce({ref}::text, 'null')"
         if not exact and name in MACHINE_STRINGS:
             return f"""'"' || replace(replace({ref}, '\\', '\\\\'), '"', '\\"') || '"'"""
+        if not exact:
+            # Free text may hold line breaks and tabs: escaped as JSON does; any other
+            # control character is left raw (and such a row is re-checked in Python).
+            escaped = f"""replace(replace({ref}, '\\', '\\\\'), '"', '\\"')"""
+            for raw, json_escape in (("\\n", "\\n"), ("\\r", "\\r"), ("\\t", "\\t")):
+                escaped = f"replace({escaped}, E'{raw}', '{json_escape}')"
+            return f"""'"' || {escaped} || '"'"""
         return f"to_json({ref})::text"
 
     names = list(FIELDS)
