@@ -36,6 +36,7 @@ from rollbacks.models import (
     Stage,
     Step,
 )
+from rollbacks.permissions import grant_rollback
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("unwind.engine")
@@ -243,6 +244,7 @@ def rollback_plan(
                 "is_drill": is_drill,
             },
         )
+        grant_rollback(rollback)  # its teams may see, operate and approve it (guardian)
         _submit(rollback, actor)
     return rollback
 
@@ -402,6 +404,7 @@ def rollback_start(*, rollback: Rollback, actor: Any) -> Rollback:
             actor=actor,
             action="rollback.started",
             started_at=timezone.now(),
+            started_by=actor if getattr(actor, "is_authenticated", False) else None,
         )
         advance(rollback)
     return rollback
