@@ -60,6 +60,25 @@ def may_start(rollback: Rollback) -> tuple[bool, str]:
     return (not shortfall, shortfall)
 
 
+def may_continue(rollback: Rollback) -> str:
+    """Asked by the workers before each step (rollbacks/authority.py): '' when it may go on.
+
+    A rollback an alert started on a policy's word alone (no approval, no break-glass) goes
+    on only while the active policies still let an alert start it without approval.
+    """
+    if rollback.trigger != "alert":
+        return ""
+    decision = PolicyDecision.objects.filter(rollback=rollback).first()
+    if decision is None or decision.requirements.get("approvals", 0) > 0:
+        return ""  # approved by people, whose approvals were checked when it started
+    if BreakGlass.objects.filter(rollback=rollback).exists():
+        return ""
+    req, _ = policies.evaluate(rollback)
+    if req.approvals or not req.auto_start:
+        return "the approval policies no longer let an alert start it without approval"
+    return ""
+
+
 def stage_is_open(rollback: Rollback, stage: Stage) -> bool:
     """A stage touching a gated tier waits until an approver opens its gate."""
     req = requirements(rollback)

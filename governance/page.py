@@ -33,6 +33,7 @@ from governance.models import Approval, BreakGlass, BreakGlassReview, PolicyDeci
 from governance.policies import Requirements
 from governance.services import APPROVER_ROLES, approval_shortfall
 from rollbacks.models import Rollback
+from rollbacks.permissions import permitted
 
 R = Rollback.State
 
@@ -272,7 +273,7 @@ def pending_for(user: Any) -> list[Rollback]:
         rollback=OuterRef("pk"), approver=user, revoked_at__isnull=True
     )
     rollbacks = (
-        Rollback.objects.visible_to(user)
+        permitted(user, "approve_rollback", Rollback.objects.visible_to(user))
         .filter(state=R.AWAITING_APPROVAL)
         .exclude(requested_by=user)
         .exclude(Exists(decided))

@@ -63,7 +63,7 @@ def approval_shortfall(rollback: Rollback, req: Requirements) -> str:
 def _eligibility_problem(rollback: Rollback, user: Any, req: Requirements) -> str:
     if not access.has_role(user, *APPROVER_ROLES):
         return "only an approver may approve or reject"
-    if not Rollback.objects.visible_to(user).filter(pk=rollback.pk).exists():
+    if not access.holds(user, "approve_rollback", rollback):
         return "you are not in a team this rollback touches"
     if rollback.requested_by_id == user.pk:
         return "four-eyes: the requester never approves their own rollback"

@@ -2,7 +2,9 @@
 
 The ledger imports no other app, so this checks group membership directly rather than
 through ``rollbacks.access``. Views answer 404 to everyone else, as for any object they may
-not see (STYLE.md).
+not see (STYLE.md). An export is fetched again by whoever holds ``view_export`` on it: a
+django-guardian object permission its creator is given (``exports.export_create``), and
+the auditor or admin role as well.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import Http404
+from guardian.shortcuts import get_objects_for_user
 
 from ledger.models import Export
 
@@ -31,8 +34,10 @@ def require_auditor(user: Any) -> None:
 def get_export_for_user(user: Any, pk) -> Export:
     """An export its creator (or a superuser) may fetch again; 404 for anyone else."""
     require_auditor(user)
-    export = Export.objects.filter(pk=pk).first()
-    if export is None or not (user.is_superuser or export.created_by_user_id == user.pk):
+    # Object permissions only (a model-wide "can view export" opens none); superusers all.
+    mine = get_objects_for_user(user, "ledger.view_export", Export, accept_global_perms=False)
+    export = mine.filter(pk=pk).first()
+    if export is None:
         raise Http404("No such export.")
     return export
 

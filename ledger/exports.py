@@ -20,6 +20,7 @@ from django.db import connections, router, transaction
 from django.db.models import TextField
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
+from guardian.shortcuts import assign_perm
 
 from ledger import filters as ledger_filters
 from ledger import signing
@@ -63,6 +64,8 @@ def export_create(*, actor: Any, format: str, filters: dict[str, Any]) -> Export
         )
         export.upto_id = export.entry_id = entry.id
         export.save(force_insert=True)
+        if user is not None:  # its creator may fetch it again (ledger/access.py)
+            assign_perm("ledger.view_export", user, export)
     return export
 
 

@@ -1,5 +1,9 @@
 """Who may see and act on what. Views fetch through these helpers (404 for outsiders);
-services call ``require_*`` again, because workers and the API call services too."""
+services check again, because workers and the API call services too.
+
+Acting needs both a role (the auth groups operator, approver, admin) and the guardian object
+permission its team holds on the object (``rollbacks/permissions.py``, SPEC invariant 6).
+Auditors hold no acting role: they read everything and change nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from django.db import transaction
 from django.http import Http404
 
 import ledger.services as ledger
-from rollbacks.models import ProcessRun, Rollback
+from rollbacks.models import ProcessRun, Rollback, System
+from rollbacks.permissions import permitted
 
 OPERATOR_ROLES = ("operator", "admin")
 
@@ -35,22 +40,45 @@ def get_run_for_user(user: Any, pk: int) -> ProcessRun:
     return run
 
 
+def holds(user: Any, perm: str, obj: Rollback | ProcessRun | System) -> bool:
+    """The object permission ``perm`` on ``obj``, on an object the user may see. One query."""
+    model = type(obj)
+    return permitted(user, perm, model.objects.visible_to(user).filter(pk=obj.pk)).exists()
+
+
 def can_operate(user: Any, rollback: Rollback) -> bool:
+    """The operator (or admin) role and ``operate_rollback`` on the rollback."""
     if isinstance(user, str):  # the engine itself ("worker", "sweeper")
         return True
-    return (
-        has_role(user, *OPERATOR_ROLES)
-        and Rollback.objects.visible_to(user).filter(pk=rollback.pk).exists()
-    )
+    return has_role(user, *OPERATOR_ROLES) and holds(user, "operate_rollback", rollback)
 
 
 def can_operate_run(user: Any, run: ProcessRun) -> bool:
+    """The operator (or admin) role and ``operate_processrun`` on the run."""
     if isinstance(user, str):
         return True
-    return (
-        has_role(user, *OPERATOR_ROLES)
-        and ProcessRun.objects.visible_to(user).filter(pk=run.pk).exists()
+    return has_role(user, *OPERATOR_ROLES) and holds(user, "operate_processrun", run)
+
+
+def operate_refusal(user: Any, systems: list[System]) -> str:
+    """Why ``user`` may not operate on these systems now ('' when they may): the role and
+    ``operate_system`` on each. The workers ask it again before every step."""
+    if user is None:
+        return "nobody started it"
+    if not user.is_active:
+        return f"{user.get_username()}'s account is deactivated"
+    if not has_role(user, *OPERATOR_ROLES):
+        return f"{user.get_username()} no longer holds the operator role"
+    ids = {s.pk for s in systems}
+    allowed = set(
+        permitted(user, "operate_system", System.objects.filter(pk__in=ids)).values_list(
+            "pk", flat=True
+        )
     )
+    missing = sorted(s.slug for s in systems if s.pk not in allowed)
+    if missing:
+        return f"{user.get_username()} may no longer operate on {', '.join(missing)}"
+    return ""
 
 
 def refuse(

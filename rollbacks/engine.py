@@ -36,6 +36,7 @@ from rollbacks.models import (
     Stage,
     Step,
 )
+from rollbacks.permissions import grant_rollback
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("unwind.engine")
@@ -243,6 +244,7 @@ def rollback_plan(
                 "is_drill": is_drill,
             },
         )
+        grant_rollback(rollback)  # its teams may see, operate and approve it (guardian)
         _submit(rollback, actor)
     return rollback
 
@@ -252,7 +254,8 @@ def governance():
 
     Imports flow governance → rollbacks, so the engine finds it by name. It provides
     ``submit(rollback, actor) -> (needs_approval, why)``, ``may_start(rollback) -> (ok, why)``
-    and ``stage_is_open(rollback, stage) -> bool``.
+    and ``stage_is_open(rollback, stage) -> bool``; optionally ``may_continue(rollback) ->
+    why not`` ('' to go on), which the workers ask before each step (authority.py).
     """
     from importlib import import_module
 
@@ -402,6 +405,7 @@ def rollback_start(*, rollback: Rollback, actor: Any) -> Rollback:
             actor=actor,
             action="rollback.started",
             started_at=timezone.now(),
+            started_by=actor if getattr(actor, "is_authenticated", False) else None,
         )
         advance(rollback)
     return rollback
@@ -500,7 +504,14 @@ def _step_action(
 
 
 def step_retry(*, step: Step, actor: Any) -> Step:
-    """A failed step gets a fresh budget of attempts."""
+    """A failed step gets a fresh budget of attempts (not while its rollback's authority
+    is gone: the worker would refuse it again, see authority.py)."""
+    from rollbacks import authority
+
+    if access.can_operate(actor, step.rollback) and (
+        why := authority.refusal(step.rollback, [step.system])
+    ):
+        raise EngineError({"state": f"cannot retry: {why}; abort and plan a new rollback"})
     budget = (
         step.contract.actions.get(step.forward_action.action_type, {}) if step.contract else {}
     ).get("attempts", 3)
@@ -680,8 +691,12 @@ def _backoff(step: Step) -> timedelta:
 
 
 def _claim(step_id: int, worker: str) -> tuple[Step, Attempt] | None:
+    from rollbacks import authority
+
     now = timezone.now()
     with transaction.atomic():
+        if authority.refuse_step(step_id):  # the starter's rights, checked again (authority.py)
+            return None
         claimed = (
             # Only a step of the stage under way, of a running rollback: a stray or early
             # message for a later stage finds nothing to claim (the order invariant).

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9-]*$", "Use lowercase letters, digits and hyphens (e.g. orders-db)."
@@ -35,28 +36,23 @@ def sees_everything(user) -> bool:
     return user.is_superuser or user.groups.filter(name="auditor").exists()
 
 
-def team_group_ids(user) -> set[int]:
-    """The groups of the teams a user belongs to now: their own teams, plus those an
-    incident grant (governance.IncidentGrant) lends them until it lapses by itself."""
-    from django.utils import timezone
+def _visible(user, queryset, perm: str):
+    """The objects a user may see: all for superusers and auditors, else those on which the
+    user holds the guardian object permission ``perm`` (rollbacks/permissions.py)."""
+    from rollbacks.permissions import permitted
 
-    own = user.groups.filter(team__isnull=False).values_list("id", flat=True)
-    lent = Group.objects.filter(
-        team__isnull=False,
-        incident_grants__user=user,
-        incident_grants__expires_at__gt=timezone.now(),
-    ).values_list("id", flat=True)
-    return set(own) | set(lent)
+    if not user.is_authenticated:
+        return queryset.none()
+    if sees_everything(user):
+        return queryset
+    return permitted(user, perm, queryset)
 
 
 class SystemQuerySet(models.QuerySet):
     def visible_to(self, user) -> SystemQuerySet:
-        """Systems a user may see: every system for superusers and auditors, else their teams'."""
-        if not user.is_authenticated:
-            return self.none()
-        if sees_everything(user):
-            return self
-        return self.filter(team__group_id__in=team_group_ids(user))
+        """Systems a user may see: every system for superusers and auditors, else their teams'
+        (``view_system``, held by the owning team's group)."""
+        return _visible(user, self, "view_system")
 
 
 class System(models.Model):
@@ -102,6 +98,7 @@ class System(models.Model):
 
     class Meta:
         ordering = ["tier", "name"]
+        permissions = [("operate_system", "May plan and run rollbacks that touch this system")]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(tier__gte=1, tier__lte=4), name="system_tier_1_to_4"
@@ -110,6 +107,14 @@ class System(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        system = super().from_db(db, field_names, values)
+        # To see, on save, whether the team changed (rollbacks/permissions.py moves its
+        # object permissions then).
+        system._loaded_team_id = system.__dict__.get("team_id")
+        return system
 
     def clean(self) -> None:
         from rollbacks.contracts import health_check_errors
@@ -232,13 +237,9 @@ class ApiToken(models.Model):
 
 class ProcessRunQuerySet(models.QuerySet):
     def visible_to(self, user) -> ProcessRunQuerySet:
-        """Runs whose forward actions touched a system the user may see (or that they reported)."""
-        if not user.is_authenticated:
-            return self.none()
-        if sees_everything(user):
-            return self
-        touched = ForwardAction.objects.filter(system__team__group_id__in=team_group_ids(user))
-        return self.filter(models.Q(created_by=user) | models.Q(pk__in=touched.values("run_id")))
+        """Runs whose forward actions touched a system of the user's teams, or that they
+        registered (``view_processrun``, held by those teams' groups and the registrant)."""
+        return _visible(user, self, "view_processrun")
 
 
 class ProcessRun(models.Model):
@@ -262,6 +263,7 @@ class ProcessRun(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("operate_processrun", "May plan a rollback of this run")]
         constraints = [
             models.UniqueConstraint(
                 fields=["process", "external_id"], name="run_external_id_unique"
@@ -304,15 +306,10 @@ class ForwardAction(models.Model):
 
 class RollbackQuerySet(models.QuerySet):
     def visible_to(self, user) -> RollbackQuerySet:
-        """Rollbacks that touch a system of one of the user's teams (auditors and admins: all)."""
-        if not user.is_authenticated:
-            return self.none()
-        if sees_everything(user):
-            return self
-        touched = Step.objects.filter(system__team__group_id__in=team_group_ids(user))
-        return self.filter(
-            models.Q(requested_by=user) | models.Q(pk__in=touched.values("rollback_id"))
-        )
+        """Rollbacks that touch a system of one of the user's teams, or that they requested
+        (``view_rollback``, held by those teams' groups and the requester); superusers and
+        auditors see all."""
+        return _visible(user, self, "view_rollback")
 
     def active(self) -> RollbackQuerySet:
         return self.filter(state__in=[Rollback.State.RUNNING, Rollback.State.PAUSED])
@@ -357,6 +354,14 @@ class Rollback(models.Model):
     trace_id = models.CharField(max_length=32, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Whose authority it runs on: workers check it again before every step.",
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome_summary = models.TextField(blank=True)
 
@@ -364,6 +369,13 @@ class Rollback(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [
+            (
+                "operate_rollback",
+                "May start, pause, resume, abort this rollback and act on its steps",
+            ),
+            ("approve_rollback", "May approve or reject this rollback and open its gates"),
+        ]
 
     def __str__(self) -> str:
         return f"rollback #{self.pk} of {self.run}"
@@ -519,3 +531,31 @@ class Outbox(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task}({self.kwargs})"
+
+
+# Object permissions (django-guardian, direct foreign keys) ---------------------------------
+# Granted to team groups by rollbacks/permissions.py; see docs/permissions.md.
+
+
+class SystemUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(System, on_delete=models.CASCADE)
+
+
+class SystemGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(System, on_delete=models.CASCADE)
+
+
+class ProcessRunUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(ProcessRun, on_delete=models.CASCADE)
+
+
+class ProcessRunGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(ProcessRun, on_delete=models.CASCADE)
+
+
+class RollbackUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Rollback, on_delete=models.CASCADE)
+
+
+class RollbackGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Rollback, on_delete=models.CASCADE)

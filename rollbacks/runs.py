@@ -16,6 +16,7 @@ from django.utils import timezone
 import ledger.services as ledger
 from rollbacks.engine import EngineError
 from rollbacks.models import ForwardAction, ProcessRun, System
+from rollbacks.permissions import grant_run
 
 
 def run_register(
@@ -40,6 +41,7 @@ def run_register(
                 trace_id=trace_id,
                 payload={"process": process, "external_id": external_id},
             )
+            grant_run(run, creator=actor)
     except IntegrityError:  # registered concurrently by a retry of the same request
         return ProcessRun.objects.get(process=process, external_id=external_id), False
     return run, True
@@ -101,6 +103,7 @@ def action_report(
                     "status": status,
                 },
             )
+            grant_run(run, system=system)
     except IntegrityError:
         return ForwardAction.objects.get(run=run, idempotency_key=idempotency_key), False
     return action, True

@@ -122,16 +122,13 @@ def _governance_page() -> ModuleType | None:
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
     """Process runs the user can see, newest first, with their latest rollback."""
+    rollbacks = Rollback.objects.visible_to(request.user).order_by("-created_at")
+    if gov := _governance_page():
+        rollbacks = gov.annotate_rollbacks(rollbacks)  # has_break_glass, in the prefetch
     runs = (
         ProcessRun.objects.visible_to(request.user)
         .annotate(action_count=_count(ForwardAction.objects.all(), "run"))
-        .prefetch_related(
-            Prefetch(
-                "rollbacks",
-                queryset=Rollback.objects.visible_to(request.user).order_by("-created_at"),
-                to_attr="rollback_list",
-            )
-        )
+        .prefetch_related(Prefetch("rollbacks", queryset=rollbacks, to_attr="rollback_list"))
         .order_by("-created_at", "-pk")
     )
     page = _page(request, runs)
@@ -148,13 +145,18 @@ def _run_context(request: HttpRequest, run: ProcessRun, form: forms.RollbackPlan
         action.after_text = _compact(action.after)
     under_way = Rollback.objects.filter(run=run).exclude(state__in=Rollback.TERMINAL).first()
     can_plan = access.can_operate_run(request.user, run)
+    rollbacks = (
+        Rollback.objects.visible_to(request.user)
+        .filter(run=run)
+        .select_related("requested_by")
+        .order_by("-created_at")
+    )
+    if gov := _governance_page():
+        rollbacks = gov.annotate_rollbacks(rollbacks)  # has_break_glass
     return {
         "run": run,
         "actions": actions,
-        "rollbacks": Rollback.objects.visible_to(request.user)
-        .filter(run=run)
-        .select_related("requested_by")
-        .order_by("-created_at"),
+        "rollbacks": rollbacks,
         "under_way": under_way,
         "can_plan": can_plan,
         # A rollback under way hides the form; an error from posting it shows it again.
