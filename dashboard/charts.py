@@ -13,7 +13,7 @@ from typing import Any
 from rollbacks.models import HealthCheck
 
 WIDTH = 640
-LABEL_W = 150
+LABEL_W = 200
 VALUE_W = 90
 ROW_H = 24
 BAR_H = 16
@@ -102,6 +102,6 @@ def health_strip(checks: list[HealthCheck], width: int = 600, height: int = 24) 
     """One tick per check, oldest left, filling ``width`` (coloured by status in CSS)."""
     if not checks:
         return []
-    tick_w = max(width // len(checks), 1)
+    tick_w = min(max(width // len(checks), 1), 20)  # a few checks stay ticks, not a bar
     ordered = sorted(checks, key=lambda c: c.checked_at)
     return [Tick(x=i * tick_w, width=max(tick_w - 1, 1), check=c) for i, c in enumerate(ordered)]

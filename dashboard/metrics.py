@@ -82,6 +82,11 @@ class Filters:
     bucket: str = "day"
     system: System | None = None
 
+    @property
+    def last_day(self) -> date:
+        """The last day in the period (``until`` is the midnight after it)."""
+        return (self.until - timedelta(days=1)).date()
+
 
 @dataclass
 class Metrics:

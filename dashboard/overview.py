@@ -10,7 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    IntegerField,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.utils import timezone
 
 from governance import page as governance_page
@@ -41,8 +53,13 @@ def active_rollbacks(user: Any) -> QuerySet[Rollback]:
             current_stage=Subquery(current.values("index")[:1]),
             current_stage_state=Subquery(current.values("state")[:1]),
             has_break_glass=Exists(BreakGlass.objects.filter(rollback=OuterRef("pk"))),
+            rank=Case(
+                When(state__in=(R.RUNNING, R.PAUSED), then=Value(0)),
+                default=Value(1),
+                output_field=IntegerField(),
+            ),
         )
-        .order_by("-started_at", "-created_at", "-pk")
+        .order_by("rank", "-created_at", "-pk")
     )
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django_htmx.http import HttpResponseClientRedirect
 
 from dashboard import charts, metrics, overview
 from dashboard.forms import MetricsFilterForm
@@ -16,13 +19,17 @@ HISTORY_ROWS = 100  # checks in the history table and the strip
 OVERVIEW = "dashboard/overview.html"
 
 
-@login_required
 def home(request: HttpRequest) -> HttpResponse:
     """The overview: active rollbacks, my pending approvals, health, failures, escalations."""
+    if not request.user.is_authenticated:
+        # A session that expired under an open overview: its poll takes the whole page to
+        # the login page rather than swapping the login form into the fragment.
+        login = redirect_to_login(request.get_full_path())
+        return HttpResponseClientRedirect(login["Location"]) if request.htmx else login
     context = {"o": overview.overview(request.user), "poll_s": settings.DASHBOARD_POLL_S}
     template = OVERVIEW + "#overview-live" if request.htmx else OVERVIEW
     response = render(request, template, context)
-    response["Vary"] = "HX-Request"
+    patch_vary_headers(response, ("HX-Request",))  # the page and its fragment share a URL
     return response
 
 

@@ -42,9 +42,11 @@ class PageAudit(HTMLParser):
             self.label_depth += 1
             if a.get("for"):
                 self.label_for.add(a["for"])
-        if tag in ("input", "select", "textarea"):
-            if tag != "input" or (a.get("type") or "text") not in UNLABELLED_TYPES:
-                self.controls.append((tag, a, self.label_depth > 0))
+        is_control = tag in ("select", "textarea") or (
+            tag == "input" and (a.get("type") or "text") not in UNLABELLED_TYPES
+        )
+        if is_control:
+            self.controls.append((tag, a, self.label_depth > 0))
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "label":
@@ -111,11 +113,11 @@ def test_audit_catches_what_it_looks_for():
 
 def test_every_reachable_page_is_csp_safe_and_labelled(client, world):  # noqa: F811
     checked, problems = 0, []
-    for route, method, url_for, expected in PAGES:
+    for _route, method, url_for, expected in PAGES:
         if method != "get":
             continue
         for side in ("own", "foreign"):
-            want = expected[side] if side in expected else expected
+            want = expected.get(side, expected)
             url = url_for(world["objects"][side])
             for role in ROLES:
                 if role == "anon" or want[role] != 200:

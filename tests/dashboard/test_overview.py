@@ -52,10 +52,11 @@ def test_an_approver_finds_what_waits_for_them(under_way, bob):
     assert o.is_approver and [r.pk for r in o.pending] == [own.pk]
 
 
-def test_an_auditor_sees_everything(under_way, history, carol):
+def test_an_auditor_sees_everything_running_first(under_way, history, carol):
     own, foreign = under_way
+    Rollback.objects.filter(pk=foreign.pk).update(state=Rollback.State.RUNNING)
     o = overview.overview(carol)
-    assert {r.pk for r in o.active} == {own.pk, foreign.pk}
+    assert [r.pk for r in o.active] == [foreign.pk, own.pk]
     assert len(o.escalations) == 2 and len(o.systems) == 3
 
 
@@ -89,3 +90,9 @@ def test_the_overview_costs_the_same_queries_however_many_rollbacks(
         _plan(f"more-{i}", ["orders-api"], alice)
     with django_assert_max_num_queries(14):
         assert client.get("/").status_code == 200
+
+
+def test_an_expired_session_polling_the_overview_goes_to_the_login_page(client, db):
+    response = client.get("/", headers={"HX-Request": "true"})
+    assert response.status_code == 200 and response["HX-Redirect"] == "/login/?next=/"
+    assert client.get("/")["Location"] == "/login/?next=/"
