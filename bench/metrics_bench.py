@@ -5,7 +5,7 @@
 On a throwaway PostgreSQL database (``bench/_harness.py``: created here, dropped at the
 end; no worker):
 
-1. Setup, not measured: 20 systems; N finished rollbacks (10,000; 1,000 with ``--small``)
+1. Setup, not measured: 20 systems; N finished rollbacks (5,000; 1,000 with ``--small``)
    over 60 days, each with a failed run, three steps on three systems in two stages, with
    mixed outcomes (retries, skips, failures, a drill in ten).
 2. ``dashboard.metrics.compute`` for the whole period as a superuser, at N/10 and at N
@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from bench._harness import Bench, machine, make_estate
 
-LIMIT_S = 280
+LIMIT_S = 450
 DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -140,7 +140,7 @@ def naive(user) -> tuple[timedelta, dict[str, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--small", action="store_true")
-    n = 1_000 if parser.parse_args().small else 10_000
+    n = 1_000 if parser.parse_args().small else 5_000
     with Bench("metrics", limit_s=LIMIT_S) as b:
         b.log(machine())
         from dashboard.metrics import Filters, compute
