@@ -127,6 +127,15 @@ def test_every_reachable_page_is_csp_safe_and_labelled(client, world):  # noqa: 
                 assert response.status_code == 200, f"{url} as {role}"
                 checked += 1
                 problems += [f"{url} as {role}: {p}" for p in audit(response)]
+    # Pages that show a form's errors, and the overview's polled fragment.
+    client.force_login(world["users"]["carol"])
+    for url, status, headers in (
+        ("/metrics/?since=2026-03-31&until=2026-03-01&bucket=day", 400, {}),
+        ("/", 200, {"HX-Request": "true"}),
+    ):
+        response = client.get(url, headers=headers)
+        assert response.status_code == status, url
+        problems += [f"{url}: {p}" for p in audit(response)]
     client.logout()
     response = client.get("/login/")
     problems += [f"/login/: {p}" for p in audit(response)]
