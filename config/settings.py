@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "ledger",
     "rollbacks",
     "governance",
+    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -161,7 +162,7 @@ GUARDIAN_RAISE_403 = False
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous visitors see nothing
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "systems"
+LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
@@ -243,6 +244,9 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 HEALTH_CHECK_INTERVAL = timedelta(seconds=env_int("HEALTH_CHECK_INTERVAL_S", 30, minimum=1))
 SWEEP_INTERVAL_S = env_int("SWEEP_INTERVAL_S", 5, minimum=1)
+# Health checks older than this are pruned by the beat task (docs/dashboard.md).
+HEALTH_HISTORY_RETENTION_DAYS = env_int("HEALTH_HISTORY_RETENTION_DAYS", 30, minimum=1)
+DASHBOARD_POLL_S = env_int("DASHBOARD_POLL_S", 10, minimum=1)  # the overview's htmx refresh
 CELERY_BEAT_SCHEDULE = {
     "sweep": {"task": "rollbacks.tasks.sweep", "schedule": float(SWEEP_INTERVAL_S)},
     "check-system-health": {

@@ -47,3 +47,20 @@ def check_health(system: System) -> HealthCheck:
             health=status, health_checked_at=now, health_detail=detail
         )
     return row
+
+
+def prune_history(*, now=None) -> int:
+    """Delete health checks older than ``HEALTH_HISTORY_RETENTION_DAYS``; the number deleted.
+
+    The newest check of each system is kept whatever its age, so that a system whose probes
+    stopped still shows when it was last seen."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.db.models import Max
+
+    cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH_HISTORY_RETENTION_DAYS)
+    newest = HealthCheck.objects.values("system_id").annotate(last=Max("checked_at")).values("last")
+    old = HealthCheck.objects.filter(checked_at__lt=cutoff).exclude(checked_at__in=newest)
+    deleted, _ = old.delete()
+    return deleted

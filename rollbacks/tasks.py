@@ -5,7 +5,7 @@ import socket
 from celery import shared_task
 
 from rollbacks import engine
-from rollbacks.health import check_health
+from rollbacks.health import check_health, prune_history
 from rollbacks.models import System
 
 WORKER = f"{socket.gethostname()}"
@@ -13,7 +13,8 @@ WORKER = f"{socket.gethostname()}"
 
 @shared_task(ignore_result=True)
 def check_all_health() -> None:
-    """Beat: fan out one probe per system that has a health check."""
+    """Beat: fan out one probe per system that has a health check; prune old history."""
+    prune_history()
     for system_id in System.objects.exclude(health_check={}).values_list("id", flat=True):
         check_system_health.delay(system_id=system_id)
 

@@ -21,7 +21,6 @@ register_converter(RollbackAction, "rollback_action")
 register_converter(StepAction, "step_action")
 
 urlpatterns = [
-    path("", views.home, name="home"),
     path("systems/", views.system_list, name="systems"),
     path("runs/", views.run_list, name="runs"),
     path("runs/<int:pk>/", views.run_detail, name="run"),

@@ -43,12 +43,6 @@ S = Step.State
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
-    """The landing page after login."""
-    return redirect("systems")
-
-
-@login_required
 def system_list(request: HttpRequest) -> HttpResponse:
     """The estate the user can see, with owner, tier and health, and the dependency map."""
     systems = list(System.objects.visible_to(request.user).select_related("team"))

@@ -21,7 +21,7 @@ def _log_in(page, base: str, username: str) -> None:
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(DEMO_PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{base}/systems/")
+    page.wait_for_url(f"{base}/")  # the overview
 
 
 def test_every_demo_user_can_log_in(page, live_server, demo):
@@ -29,6 +29,8 @@ def test_every_demo_user_can_log_in(page, live_server, demo):
     for username in DEMO_USERS:
         _log_in(page, live_server.url, username)
         assert page.locator(".who").inner_text() == username
+        page.get_by_role("link", name="Systems", exact=True).click()
+        page.wait_for_url(f"{live_server.url}/systems/")
         seen[username] = page.locator("tbody tr").count()
         screenshot(page, f"systems-as-{username}")
         page.get_by_role("button", name="Log out").click()
@@ -40,6 +42,8 @@ def test_every_demo_user_can_log_in(page, live_server, demo):
 
 def test_dependency_map_is_drawn(page, live_server, demo):
     _log_in(page, live_server.url, "alice")
+    page.get_by_role("link", name="Systems", exact=True).click()
+    page.wait_for_url(f"{live_server.url}/systems/")
     svg = page.locator("figure.dependency-map svg")
     assert svg.is_visible()
     assert svg.locator("g.node").count() == 7
@@ -82,4 +86,4 @@ def test_keyboard_alone_logs_in_with_visible_focus(page, live_server, demo):
     assert page.evaluate("document.activeElement.name") == "password"
     page.keyboard.type("unwind-demo")
     page.keyboard.press("Enter")
-    page.wait_for_url(f"{live_server.url}/systems/")
+    page.wait_for_url(f"{live_server.url}/")  # the overview

@@ -52,7 +52,7 @@ def _log_in(page, base, username):
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(DEMO_PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{base}/systems/")
+    page.wait_for_url(f"{base}/")  # the overview
 
 
 def _approve_as(*usernames):

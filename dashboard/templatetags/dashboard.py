@@ -1,0 +1,22 @@
+from django import template
+
+from dashboard import charts, overview
+
+register = template.Library()
+
+
+@register.simple_tag
+def health_around(rollback):
+    """``{% health_around rollback as rows %}``: see ``overview.health_around``."""
+    return overview.health_around(rollback)
+
+
+@register.filter
+def duration(value):
+    """A timedelta as ``3 min 20 s`` (an em dash for none)."""
+    return charts.human_duration(value)
+
+
+@register.filter
+def percent(value):
+    return "—" if value is None else f"{value * 100:.1f} %"

@@ -1,0 +1,98 @@
+"""The overview: what is under way, waits for me, is unhealthy or failed, and only what I see."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from dashboard import overview
+from governance.models import Notification
+from rollbacks.models import Rollback, System
+from tests.dashboard.conftest import _plan
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def under_way(history, alice):
+    """Two rollbacks awaiting approval: alice's (payments) and pat's (platform)."""
+    own = _plan("own-now", ["orders-api", "billing"], alice)
+    foreign = _plan("foreign-now", ["flags"], history.pat)
+    for rollback in (history.r2, history.foreign):
+        for channel in ("email", "webhook"):
+            Notification.objects.create(
+                kind=Notification.Kind.ROLLBACK_FAILED,
+                rollback=rollback,
+                subject_key=str(rollback.pk),
+                channel=channel,
+                sent_at=timezone.now() if channel == "email" else None,
+            )
+    return own, foreign
+
+
+def test_an_operator_sees_only_their_teams(under_way, history, alice):
+    own, foreign = under_way
+    o = overview.overview(alice)
+    assert [r.pk for r in o.active] == [own.pk]
+    active = o.active[0]
+    assert (active.step_count, active.done_count, active.stage_count) == (2, 0, 1)
+    assert active.state == Rollback.State.AWAITING_APPROVAL and not active.has_break_glass
+    assert {s.slug for s in o.systems} == {"orders-api", "billing"}
+    assert [r.pk for r in o.failures] == [history.r2.pk]
+    assert [s.rollback_id for s in o.failed_steps] == [history.r2.pk]
+    assert [(e["rollback_id"], e["channels"], e["unsent"]) for e in o.escalations] == [
+        (history.r2.pk, 2, 1)
+    ]
+    assert o.pending == [] and not o.is_approver
+
+
+def test_an_approver_finds_what_waits_for_them(under_way, bob):
+    own, _ = under_way
+    o = overview.overview(bob)
+    assert o.is_approver and [r.pk for r in o.pending] == [own.pk]
+
+
+def test_an_auditor_sees_everything_running_first(under_way, history, carol):
+    own, foreign = under_way
+    Rollback.objects.filter(pk=foreign.pk).update(state=Rollback.State.RUNNING)
+    o = overview.overview(carol)
+    assert [r.pk for r in o.active] == [foreign.pk, own.pk]
+    assert len(o.escalations) == 2 and len(o.systems) == 3
+
+
+def test_the_page_says_health_in_words_with_the_time_and_refreshes_as_a_fragment(
+    client, under_way, alice
+):
+    checked = timezone.now()
+    System.objects.filter(slug="orders-api").update(
+        health="red", health_checked_at=checked, health_detail="HTTP 503"
+    )
+    client.force_login(alice)
+    html = client.get("/").content.decode()
+    assert '<span class="health health-red">down</span>' in html
+    assert f'datetime="{timezone.localtime(checked).isoformat()}' in html
+    assert "1 down" in html and "1 unknown" in html
+    assert 'hx-trigger="every 10s"' in html
+    fragment = client.get("/", headers={"HX-Request": "true"})
+    body = fragment.content.decode()
+    assert fragment.status_code == 200 and "<html" not in body
+    assert body.lstrip().startswith('<div id="overview-live"')
+    assert "HX-Request" in fragment["Vary"]
+
+
+def test_the_overview_costs_the_same_queries_however_many_rollbacks(
+    client, under_way, carol, alice, django_assert_max_num_queries
+):
+    client.force_login(carol)
+    with django_assert_max_num_queries(14):
+        assert client.get("/").status_code == 200
+    for i in range(5):
+        _plan(f"more-{i}", ["orders-api"], alice)
+    with django_assert_max_num_queries(14):
+        assert client.get("/").status_code == 200
+
+
+def test_an_expired_session_polling_the_overview_goes_to_the_login_page(client, db):
+    response = client.get("/", headers={"HX-Request": "true"})
+    assert response.status_code == 200 and response["HX-Redirect"] == "/login/?next=/"
+    assert client.get("/")["Location"] == "/login/?next=/"
