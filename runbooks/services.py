@@ -31,6 +31,23 @@ def contract_actions(slugs=None) -> dict[str, dict | None]:
     return {s.slug: (latest[s.pk].actions if s.pk in latest else None) for s in systems}
 
 
+def runbook_create(
+    *, slug: str, name: str, incident_type, actor: Any, description: str = ""
+) -> Runbook:
+    """A new runbook, without versions yet (``runbook_version_publish`` adds them)."""
+    runbook = Runbook(slug=slug, name=name, description=description, incident_type=incident_type)
+    runbook.full_clean()
+    with transaction.atomic():
+        runbook.save()
+        ledger.record(
+            actor=actor,
+            action="runbook.created",
+            subject=runbook,
+            payload={"slug": slug, "name": name, "incident_type": incident_type.slug},
+        )
+    return runbook
+
+
 def validate_version(parameters: Any, steps: Any) -> None:
     """Raise ValidationError naming each bad field (``steps[0].system: unknown system 'x'``)."""
     errors = validation.version_errors(parameters, steps, contract_actions())

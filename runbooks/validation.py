@@ -88,7 +88,7 @@ def parameter_errors(parameters: Any) -> Errors:
         if spec.get("default") is not None:
             problem = _value_error(spec, spec["default"])
             if problem:
-                errors.append((f"{path}.default", f"{problem} (the parameter is a {kind})"))
+                errors.append((f"{path}.default", f"{problem} (the parameter's type is {kind})"))
     return errors
 
 
