@@ -178,11 +178,13 @@ def runbook_instantiate(
         errors.setdefault(path, []).append(message)
     if errors:
         raise engine.EngineError(errors)
-    external_id = uuid.uuid4().hex
+    external_id = f"v{version.version}-{uuid.uuid4().hex[:12]}"
     with transaction.atomic():
-        run, _ = runs.run_register(
+        run, created = runs.run_register(
             process=f"{PROCESS_PREFIX}{runbook.slug}", external_id=external_id, actor=actor
         )
+        if not created:  # 48 random bits collided: never reuse another instance's run
+            raise engine.EngineError({"run": "could not take a new run id: try again"})
         for i, step in enumerate(version.steps, start=1):
             runs.action_report(
                 run=run,
