@@ -170,8 +170,9 @@ def with_runbook_policies(doc: dict) -> dict:
 def runbooks(*, actor) -> str:
     """Publish the demo runbooks (a new version only when their content changed)."""
     from runbooks.models import IncidentType, Runbook
-    from runbooks.services import runbook_create, runbook_version_publish
+    from runbooks.services import incident_types_ensure, runbook_create, runbook_version_publish
 
+    incident_types_ensure(actor=actor)
     published = []
     for spec in RUNBOOKS:
         runbook = Runbook.objects.filter(slug=spec["slug"]).first() or runbook_create(

@@ -18,7 +18,8 @@ from rollbacks import services as estate
 from rollbacks.contracts import format_errors
 from rollbacks.models import Rollback, System
 from runbooks import validation
-from runbooks.models import Runbook, RunbookInstance, RunbookVersion
+from runbooks.models import IncidentType, Runbook, RunbookInstance, RunbookVersion
+from runbooks.taxonomy import INCIDENT_TYPES
 
 PROCESS_PREFIX = "runbook:"
 
@@ -29,6 +30,26 @@ def contract_actions(slugs=None) -> dict[str, dict | None]:
     systems = list(systems)
     latest = estate.latest_contracts(systems)
     return {s.slug: (latest[s.pk].actions if s.pk in latest else None) for s in systems}
+
+
+def incident_types_ensure(*, actor: Any) -> list[IncidentType]:
+    """Create the starting incident types that are missing (ledgered); returns those created."""
+    created = []
+    with transaction.atomic():
+        for slug, name, scope, cause, description in INCIDENT_TYPES:
+            if IncidentType.objects.filter(slug=slug).exists():
+                continue
+            incident = IncidentType.objects.create(
+                slug=slug, name=name, scope=scope, cause=cause, description=description
+            )
+            ledger.record(
+                actor=actor,
+                action="incident_type.created",
+                subject=incident,
+                payload={"slug": slug, "name": name, "scope": scope, "cause": cause},
+            )
+            created.append(incident)
+    return created
 
 
 def runbook_create(

@@ -24,7 +24,6 @@ from rollbacks import engine, runs, services
 from rollbacks.models import System
 from rollbacks.tokens import token_create
 from runbooks import services as runbooks
-from runbooks.models import IncidentType
 
 pytestmark = pytest.mark.django_db
 ROLES = ("anon", "alice", "bob", "carol", "dave", "mallory")
@@ -80,6 +79,8 @@ def world(make_system, alice, bob, carol, dave, mallory, django_user_model):
         )
     ApprovalPolicy.objects.create(name="everything", approvals_required=1)
     objects = {}
+    runbooks.incident_types_ensure(actor="test")  # a transactional test may have flushed them
+    incident = runbooks.IncidentType.objects.get(slug="bad-deploy")
     pat = django_user_model.objects.create_user(
         "pat"
     )  # a platform operator: requests the foreign rollback
@@ -96,7 +97,7 @@ def world(make_system, alice, bob, carol, dave, mallory, django_user_model):
         runbook = runbooks.runbook_create(
             slug=f"{side}-runbook",
             name=f"{side} runbook",
-            incident_type=IncidentType.objects.first(),
+            incident_type=incident,
             actor="test",
         )
         runbooks.runbook_version_publish(

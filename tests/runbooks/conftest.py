@@ -67,6 +67,7 @@ def rb(make_system):
         edges=[(BEFORE, "flags", "billing-api"), (BEFORE, "billing-api", "billing-db")],
         actor="test",
     )
+    services.incident_types_ensure(actor="test")  # a transactional test may have flushed them
     incident = IncidentType.objects.get(slug="flag-misfire")
     own = services.runbook_create(
         slug="checkout-off", name="Checkout off", incident_type=incident, actor="test"

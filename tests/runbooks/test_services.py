@@ -162,3 +162,14 @@ def test_listing_shows_the_runbooks_whose_systems_the_user_sees(rb, alice, carol
     ]
     assert services.latest_versions_for(mallory) == []
     assert services.may_use(dave, rb.foreign_v1) and not services.may_use(carol, rb.own_v1)
+
+
+def test_missing_incident_types_are_recreated_and_ledgered():
+    from runbooks.models import IncidentType
+
+    IncidentType.objects.filter(slug="third-party-failure").delete()
+    created = services.incident_types_ensure(actor="test")
+    assert [i.slug for i in created] == ["third-party-failure"]
+    assert IncidentType.objects.get(slug="third-party-failure").cause == "third_party"
+    assert Entry.objects.filter(action="incident_type.created").count() == 1
+    assert services.incident_types_ensure(actor="test") == []
