@@ -129,19 +129,15 @@ def may_use(user: Any, version: RunbookVersion) -> bool:
     return access.has_role(user, *access.OPERATOR_ROLES) and sees_systems(user, version)
 
 
-def latest_versions_for(user: Any, *, usable_only: bool = False) -> list[RunbookVersion]:
-    """The newest version of each runbook the user sees (or may use), by runbook name."""
+def latest_versions_for(user: Any) -> list[RunbookVersion]:
+    """The newest version of each runbook whose systems the user all sees, by runbook name."""
     found = []
     runbooks = Runbook.objects.published().select_related("incident_type").order_by("name")
     visible = set(System.objects.visible_to(user).values_list("slug", flat=True))
-    is_operator = access.has_role(user, *access.OPERATOR_ROLES)
     for runbook in runbooks:
         version = runbook.latest_version()
-        if version is None or not set(version.system_slugs()) <= visible:
-            continue
-        if usable_only and not is_operator:
-            continue
-        found.append(version)
+        if version is not None and set(version.system_slugs()) <= visible:
+            found.append(version)
     return found
 
 
