@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "pgtrigger",
     "ledger",
     "rollbacks",
+    "runbooks",
     "governance",
     "dashboard",
 ]

@@ -5,9 +5,11 @@ from django.urls import include, path
 from governance.api import router as governance_router
 from ledger.api import router as ledger_router
 from rollbacks.api import api
+from runbooks.api import router as runbooks_router
 
 api.add_router("/alerts", governance_router)
 api.add_router("/ledger", ledger_router)
+api.add_router("/runbooks", runbooks_router)
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
@@ -17,5 +19,6 @@ urlpatterns = [
     path("", include("governance.urls")),
     path("ledger/", include("ledger.urls")),
     path("", include("dashboard.urls")),
+    path("", include("runbooks.urls")),
     path("", include("rollbacks.urls")),
 ]

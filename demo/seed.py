@@ -61,3 +61,138 @@ def failed_run(*, actor) -> str:
     return (
         f"demo run {run} ({'created' if created else 'already there'}, {run.get_status_display()})"
     )
+
+
+# Runbooks: rollbacks an operator plans in a few clicks when no process reported a log.
+RUNBOOKS = [
+    {
+        "slug": "checkout-flag-off",
+        "name": "Disable the checkout flag and void invoices",
+        "incident_type": "flag-misfire",
+        "description": "The new checkout went live too early and billed customers: switch the "
+        "flag off, void the invoice it created and remove its ledger row.",
+        "parameters": [
+            {
+                "name": "flag",
+                "type": "string",
+                "default": "new-checkout",
+                "label": "Feature flag",
+                "help": "The flag that was switched on.",
+            },
+            {
+                "name": "invoice_id",
+                "type": "string",
+                "label": "Invoice",
+                "help": "The invoice to void, e.g. inv-5521.",
+            },
+            {
+                "name": "ledger_row",
+                "type": "int",
+                "label": "Billing ledger row",
+                "help": "The id of the billing ledger row the invoice wrote.",
+            },
+        ],
+        "steps": [
+            {"system": "flags", "action_type": "enable_flag", "params": {"flag": "{params.flag}"}},
+            {
+                "system": "billing-api",
+                "action_type": "create_invoice",
+                "params": {"invoice_id": "{params.invoice_id}"},
+            },
+            {
+                "system": "billing-db",
+                "action_type": "insert_ledger_row",
+                "params": {"row_id": "{params.ledger_row}"},
+            },
+        ],
+    },
+    {
+        "slug": "cancel-order",
+        "name": "Cancel a stuck order",
+        "incident_type": "bad-deploy",
+        "description": "A bad orders-api deploy created an order it should not have: cancel it, "
+        "retract its event and delete its row.",
+        "parameters": [
+            {"name": "order_id", "type": "int", "label": "Order", "help": "e.g. 1001."},
+            {
+                "name": "event_id",
+                "type": "string",
+                "label": "Order event",
+                "help": "The event the order published, e.g. evt-7781.",
+            },
+            {
+                "name": "channel",
+                "type": "choice",
+                "choices": ["web", "mobile", "partner"],
+                "default": "web",
+                "label": "Sales channel",
+                "help": "Where the order came from (recorded with the order's cancellation).",
+            },
+        ],
+        "steps": [
+            {
+                "system": "orders-api",
+                "action_type": "create_order",
+                "params": {"order_id": "{params.order_id}", "channel": "{params.channel}"},
+            },
+            {
+                "system": "events-queue",
+                "action_type": "publish_event",
+                "params": {"event_id": "{params.event_id}"},
+            },
+            {
+                "system": "orders-db",
+                "action_type": "insert_order_row",
+                "params": {"order_id": "{params.order_id}"},
+            },
+        ],
+    },
+]
+
+
+# A policy naming runbook versions can only be imported once they are published, so it is
+# not in estate.yaml: ``runbooks_policy_document`` adds it to that document after them.
+PREAPPROVAL = {
+    "name": "preapproved-runbooks",
+    "description": "Cancelling a stuck order with its reviewed runbook needs no approval: the "
+    "approvals of the broad policies (critical) are waived for this runbook version.",
+    "scope": {"runbooks": ["cancel-order@1"]},
+    "approvals": 0,
+    "preapproves_runbooks": True,
+}
+
+
+def with_runbook_policies(doc: dict) -> dict:
+    """The demo estate document plus the policy pre-approving a demo runbook."""
+    return doc | {"policies": [*doc.get("policies", []), PREAPPROVAL]}
+
+
+def runbooks(*, actor) -> str:
+    """Publish the demo runbooks (a new version only when their content changed)."""
+    from runbooks.models import IncidentType, Runbook
+    from runbooks.services import incident_types_ensure, runbook_create, runbook_version_publish
+
+    incident_types_ensure(actor=actor)
+    published = []
+    for spec in RUNBOOKS:
+        runbook = Runbook.objects.filter(slug=spec["slug"]).first() or runbook_create(
+            slug=spec["slug"],
+            name=spec["name"],
+            description=spec["description"],
+            incident_type=IncidentType.objects.get(slug=spec["incident_type"]),
+            actor=actor,
+        )
+        latest = runbook.latest_version()
+        if latest is None or (latest.parameters, latest.steps) != (
+            spec["parameters"],
+            spec["steps"],
+        ):
+            version = runbook_version_publish(
+                runbook=runbook,
+                parameters=spec["parameters"],
+                steps=spec["steps"],
+                actor=actor,
+                note="demo",
+            )
+            published.append(str(version))
+    return f"runbooks: {', '.join(published) or 'up to date'}"

@@ -36,6 +36,7 @@ from governance.validation import (
     clean_match,
     clean_tiers,
     clean_trigger_kinds,
+    preapproval_errors,
 )
 from rollbacks import access
 from rollbacks.admin import PrettyJSONWidget
@@ -133,6 +134,8 @@ class ApprovalPolicyForm(JSONFieldsForm):
             "environments",
             "trigger_kinds",
             "drill_scope",
+            "runbooks",
+            "preapproves_runbooks",
             "approvals_required",
             "eligible_groups",
             "four_eyes",
@@ -165,6 +168,16 @@ class ApprovalPolicyForm(JSONFieldsForm):
     def clean_attestations(self):
         return clean_attestations(self.cleaned_data["attestations"])
 
+    def clean(self):
+        data = super().clean()
+        for field, message in preapproval_errors(
+            preapproves=bool(data.get("preapproves_runbooks")),
+            names_runbooks=bool(data.get("runbooks")),
+            approvals=data.get("approvals_required"),
+        ).items():
+            self.add_error(field, message)
+        return data
+
 
 @admin.register(ApprovalPolicy)
 class ApprovalPolicyAdmin(LedgeredAdmin):
@@ -182,13 +195,23 @@ class ApprovalPolicyAdmin(LedgeredAdmin):
     )
     list_filter = ("is_active", "four_eyes", "auto_start", "drill_scope")
     search_fields = ("name", "description")
-    filter_horizontal = ("systems", "eligible_groups")
+    filter_horizontal = ("systems", "runbooks", "eligible_groups")
     fieldsets = (
         (None, {"fields": ("name", "description", "is_active")}),
         (
             "Scope (empty means any)",
-            {"fields": ("systems", "tiers", "environments", "trigger_kinds", "drill_scope")},
+            {
+                "fields": (
+                    "systems",
+                    "tiers",
+                    "environments",
+                    "trigger_kinds",
+                    "drill_scope",
+                    "runbooks",
+                )
+            },
         ),
+        ("Runbooks", {"fields": ("preapproves_runbooks",)}),
         (
             "Requirements",
             {
@@ -217,6 +240,10 @@ class ApprovalPolicyAdmin(LedgeredAdmin):
             parts.append("by " + "/".join(obj.trigger_kinds))
         if obj.drill_scope != ApprovalPolicy.DrillScope.ANY:
             parts.append(obj.get_drill_scope_display())
+        runbooks = [str(v) for v in obj.runbooks.all()]
+        if runbooks:
+            verb = "pre-approves" if obj.preapproves_runbooks else "runbook"
+            parts.append(f"{verb} {', '.join(runbooks)}")
         return ", ".join(parts) or "every rollback"
 
 

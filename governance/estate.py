@@ -7,7 +7,9 @@ and the transaction. The shapes::
     policies:
       - name: critical
         scope: {tiers: [1], environments: [production], systems: [orders-db],
-                triggers: [manual, api, alert], drills: any}      # any | real | drill
+                triggers: [manual, api, alert, runbook], drills: any,   # any | real | drill
+                runbooks: [checkout-off@1]}   # runbook versions (published before the import)
+        preapproves_runbooks: false   # true: pre-approve those runbook versions (approvals: 0)
         approvals: 2
         groups: [approver]            # approvers must be in one of these (else: the role)
         four_eyes: true
@@ -39,6 +41,7 @@ from governance.validation import (
     clean_match,
     clean_tiers,
     clean_trigger_kinds,
+    preapproval_errors,
 )
 from rollbacks import estate
 from rollbacks.models import System
@@ -56,8 +59,9 @@ POLICY_FIELDS = {
     "attestations",
     "gate_tiers",
     "auto_start",
+    "preapproves_runbooks",
 }
-SCOPE_FIELDS = {"systems", "tiers", "environments", "triggers", "drills"}
+SCOPE_FIELDS = {"systems", "tiers", "environments", "triggers", "drills", "runbooks"}
 TRIGGER_FIELDS = {
     "name",
     "active",
@@ -87,7 +91,30 @@ def _policy_values(spec: dict) -> dict[str, Any]:
         "attestations": spec.get("attestations", []),
         "gate_tiers": sorted(set(spec.get("gate_tiers", []))),
         "auto_start": spec.get("auto_start", False),
+        "preapproves_runbooks": spec.get("preapproves_runbooks", False),
     }
+
+
+def _runbook_versions(refs: list[str]) -> list:
+    """``slug@version`` references as RunbookVersion rows (the validated ones exist)."""
+    from runbooks.models import RunbookVersion
+
+    found = []
+    for ref in refs:
+        slug, _, number = ref.partition("@")
+        found.extend(RunbookVersion.objects.filter(runbook__slug=slug, version=number))
+    return found
+
+
+def _runbook_ref_error(ref: Any) -> str | None:
+    from runbooks.models import RunbookVersion
+
+    slug, _, number = ref.partition("@") if isinstance(ref, str) else ("", "", "")
+    if not number.isdigit():
+        return f"{ref!r} is not a runbook version: write <slug>@<version>, e.g. checkout-off@1"
+    if not RunbookVersion.objects.filter(runbook__slug=slug, version=int(number)).exists():
+        return f"unknown runbook version {ref!r}: publish it before importing this document"
+    return None
 
 
 def _trigger_values(spec: dict) -> dict[str, Any]:
@@ -163,6 +190,25 @@ class GovernanceSections:
                 scope.get("environments", []),
             )
             _check(errors, f"{path}.scope.triggers", clean_trigger_kinds, scope.get("triggers", []))
+            refs = scope.get("runbooks", [])
+            if not isinstance(refs, list):
+                errors.append((f"{path}.scope.runbooks", "must be a list of <slug>@<version>"))
+                refs = []
+            for j, ref in enumerate(refs):
+                problem = _runbook_ref_error(ref)
+                if problem:
+                    errors.append((f"{path}.scope.runbooks[{j}]", problem))
+            if "preapproves_runbooks" in spec and not isinstance(
+                spec["preapproves_runbooks"], bool
+            ):
+                errors.append((f"{path}.preapproves_runbooks", "must be true or false"))
+            elif spec.get("preapproves_runbooks"):
+                problems = preapproval_errors(
+                    preapproves=True, names_runbooks=bool(refs), approvals=spec.get("approvals")
+                )
+                for field, message in problems.items():
+                    where = {"runbooks": "scope.runbooks", "approvals_required": "approvals"}[field]
+                    errors.append((f"{path}.{where}", message))
             if scope.get("drills", "any") not in ApprovalPolicy.DrillScope.values:
                 errors.append((f"{path}.scope.drills", "must be any, real or drill"))
             approvals = spec.get("approvals")
@@ -218,6 +264,7 @@ class GovernanceSections:
             wanted = _policy_values(spec)
             groups = sorted(spec.get("groups", []))
             slugs = sorted((spec.get("scope") or {}).get("systems", []))
+            refs = sorted((spec.get("scope") or {}).get("runbooks", []))
             policy = ApprovalPolicy.objects.filter(name=spec["name"]).first()
             if policy is None:
                 policy = ApprovalPolicy.objects.create(name=spec["name"], **wanted)
@@ -233,6 +280,8 @@ class GovernanceSections:
                     diffs.append(f"groups → {groups}")
                 if sorted(policy.systems.values_list("slug", flat=True)) != slugs:
                     diffs.append(f"systems → {slugs}")
+                if sorted(str(v).replace(" v", "@") for v in policy.runbooks.all()) != refs:
+                    diffs.append(f"runbooks → {refs}")
                 if diffs:
                     for k, v in wanted.items():
                         setattr(policy, k, v)
@@ -244,6 +293,7 @@ class GovernanceSections:
                         changes.append(f"+ group {name}")
                 policy.eligible_groups.set([Group.objects.get_or_create(name=n)[0] for n in groups])
                 policy.systems.set(System.objects.filter(slug__in=slugs))
+                policy.runbooks.set(_runbook_versions(refs))
         for spec in doc.get("triggers") or []:
             wanted = _trigger_values(spec)
             account = spec.get("service_account")
@@ -264,15 +314,16 @@ class GovernanceSections:
 
     def export(self) -> dict[str, Any]:
         policies = []
-        for p in ApprovalPolicy.objects.prefetch_related("eligible_groups", "systems").order_by(
-            "name"
-        ):
+        for p in ApprovalPolicy.objects.prefetch_related(
+            "eligible_groups", "systems", "runbooks__runbook"
+        ).order_by("name"):
             scope = {
                 "systems": sorted(s.slug for s in p.systems.all()),
                 "tiers": p.tiers,
                 "environments": p.environments,
                 "triggers": p.trigger_kinds,
                 "drills": p.drill_scope,
+                "runbooks": sorted(f"{v.runbook.slug}@{v.version}" for v in p.runbooks.all()),
             }
             policies.append(
                 {
@@ -293,6 +344,7 @@ class GovernanceSections:
                     "gate_tiers": p.gate_tiers,
                     "auto_start": p.auto_start,
                 }
+                | ({"preapproves_runbooks": True} if p.preapproves_runbooks else {})
             )
         triggers = [
             {

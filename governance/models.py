@@ -19,6 +19,7 @@ class TriggerKind(models.TextChoices):
     MANUAL = "manual", "a person (browser)"
     API = "api", "a service account (API)"
     ALERT = "alert", "an alert (trigger rule)"
+    RUNBOOK = "runbook", "a runbook (instantiated by an operator)"
 
 
 class ApprovalPolicy(models.Model):
@@ -39,10 +40,22 @@ class ApprovalPolicy(models.Model):
     tiers = models.JSONField(default=list, blank=True, help_text="e.g. [1, 2]; empty for any tier")
     environments = models.JSONField(default=list, blank=True, help_text='e.g. ["production"]')
     trigger_kinds = models.JSONField(
-        default=list, blank=True, help_text='any of "manual", "api", "alert"'
+        default=list, blank=True, help_text='any of "manual", "api", "alert", "runbook"'
     )
     drill_scope = models.CharField(
         max_length=10, choices=DrillScope.choices, default=DrillScope.ANY
+    )
+    runbooks = models.ManyToManyField(
+        "runbooks.RunbookVersion",
+        blank=True,
+        related_name="+",
+        help_text="Only rollbacks instantiated from these runbook versions; empty for any.",
+    )
+    preapproves_runbooks = models.BooleanField(
+        default=False,
+        help_text="Pre-approve instances of the runbook versions above: the approvals that "
+        "policies naming neither systems nor runbooks would require are waived "
+        "(docs/runbooks.md).",
     )
     # Requirements.
     approvals_required = models.PositiveSmallIntegerField(default=1)

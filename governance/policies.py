@@ -10,6 +10,14 @@ Every active policy whose scope matches applies; the strictest combination wins:
 - expiry: the shortest;
 - attestations and gated tiers: all of them;
 - auto-start of alert-triggered rollbacks: only if every matching policy allows it.
+
+A policy may name runbook versions (``runbooks``): it then applies only to rollbacks
+instantiated from one of them. With ``preapproves_runbooks`` it *pre-approves* them: the
+approvals asked by matching policies that name neither systems nor runbooks — the broad
+rules by tier, environment or trigger — are waived (they count as 0, their approver
+requirements drop). A matching policy that names systems or runbooks and does not itself
+pre-approve is a targeted, stricter decision and still counts, strictest wins among what
+is left; stage gates stay, from every matching policy. See docs/runbooks.md.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ class Requirements:
     gate_tiers: list[int] = field(default_factory=list)
     auto_start: bool = False
     policies: list[str] = field(default_factory=list)
+    preapproved_by: list[str] = field(default_factory=list)  # pre-approving policies
+    waived: list[str] = field(default_factory=list)  # policies whose approvals they waive
     reasons: dict[str, str] = field(default_factory=dict)  # policy -> why it applies
 
     def as_dict(self) -> dict:
@@ -44,9 +54,16 @@ class Requirements:
 
 
 def _why_in_scope(
-    policy: ApprovalPolicy, rollback: Rollback, systems: list, trigger: str
+    policy: ApprovalPolicy,
+    rollback: Rollback,
+    systems: list,
+    trigger: str,
+    runbook_version: object | None = None,
 ) -> str | None:
     """Why the policy applies to the rollback, or None when it does not."""
+    runbooks = {v.pk: v for v in policy.runbooks.all()}
+    if runbooks and (runbook_version is None or runbook_version.pk not in runbooks):
+        return None
     if policy.trigger_kinds and trigger not in policy.trigger_kinds:
         return None
     if policy.drill_scope == ApprovalPolicy.DrillScope.REAL and rollback.is_drill:
@@ -64,6 +81,8 @@ def _why_in_scope(
     if not hits:
         return None
     scope = []
+    if runbooks:
+        scope.append(f"runbook {runbook_version}")
     if named:
         scope.append("named systems")
     if policy.tiers:
@@ -76,21 +95,44 @@ def _why_in_scope(
     return f"{' '.join(scope) or 'every rollback'}: {touched}"
 
 
+def _is_broad(policy: ApprovalPolicy) -> bool:
+    """Names neither systems nor runbooks: a pre-approval waives its approvals."""
+    return not policy.systems.all() and not policy.runbooks.all()
+
+
 def evaluate(rollback: Rollback) -> tuple[Requirements, str]:
     """The combined requirements of every matching policy, and a sentence saying why."""
+    from runbooks.services import instance_of
+
     systems = list({step.system for step in rollback.steps.select_related("system")})
+    instance = instance_of(rollback)
+    runbook_version = instance.version if instance else None
     req = Requirements()
     group_sets: list[set[str]] = []
     expiries = []
     auto_start = []
-    for policy in ApprovalPolicy.objects.filter(is_active=True).prefetch_related(
-        "systems", "eligible_groups"
-    ):
-        why = _why_in_scope(policy, rollback, systems, rollback.trigger)
-        if why is None:
-            continue
+    matching = [
+        (policy, why)
+        for policy in ApprovalPolicy.objects.filter(is_active=True).prefetch_related(
+            "systems", "eligible_groups", "runbooks__runbook"
+        )
+        if (why := _why_in_scope(policy, rollback, systems, rollback.trigger, runbook_version))
+        is not None
+    ]
+    # _why_in_scope matched a policy naming runbooks only for an instance of one of them.
+    req.preapproved_by = [
+        p.name for p, _ in matching if p.preapproves_runbooks and p.runbooks.all()
+    ]
+    for policy, why in matching:
         req.policies.append(policy.name)
         req.reasons[policy.name] = why
+        req.gate_tiers = sorted(set(req.gate_tiers) | set(policy.gate_tiers))
+        auto_start.append(policy.auto_start)
+        if policy.name in req.preapproved_by:
+            continue  # a pre-approval asks for no approval by definition
+        if req.preapproved_by and _is_broad(policy):
+            req.waived.append(policy.name)
+            continue
         req.approvals = max(req.approvals, policy.approvals_required)
         groups = {g.name for g in policy.eligible_groups.all()}
         if groups:
@@ -107,8 +149,6 @@ def evaluate(rollback: Rollback) -> tuple[Requirements, str]:
                         "label": attestation.get("label", attestation["key"]),
                     }
                 )
-        req.gate_tiers = sorted(set(req.gate_tiers) | set(policy.gate_tiers))
-        auto_start.append(policy.auto_start)
     if group_sets:
         req.eligible_groups = sorted(set.intersection(*group_sets))
     req.expires_after_s = min(expiries) if expiries else None
@@ -120,6 +160,10 @@ def explain(req: Requirements, names_groups: bool = True) -> str:
     if not req.policies:
         return "No approval policy applies: no approval is required."
     applied = "; ".join(f"{name} ({req.reasons[name]})" for name in req.policies)
+    if req.preapproved_by:
+        applied += ". Pre-approved by " + ", ".join(req.preapproved_by)
+        if req.waived:
+            applied += ", waiving the approvals of " + ", ".join(req.waived)
     if req.approvals == 0:
         needs = "no approval"
     else:

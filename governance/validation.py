@@ -77,6 +77,23 @@ def clean_attestations(value: Any) -> list[dict[str, str]]:
     return cleaned
 
 
+def preapproval_errors(*, preapproves: bool, names_runbooks: bool, approvals: Any) -> dict:
+    """A pre-approving policy names the runbook versions it pre-approves and asks for no
+    approval itself: {field: message} for what is wrong (docs/runbooks.md)."""
+    if not preapproves:
+        return {}
+    errors = {}
+    if not names_runbooks:
+        errors["runbooks"] = (
+            "Name the runbook versions this policy pre-approves: it cannot pre-approve every runbook."
+        )
+    if approvals != 0:
+        errors["approvals_required"] = (
+            "A pre-approving policy asks for no approval itself: set it to 0."
+        )
+    return errors
+
+
 def clean_match(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ValidationError(

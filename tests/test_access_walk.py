@@ -23,6 +23,7 @@ from ledger.models import Entry
 from rollbacks import engine, runs, services
 from rollbacks.models import System
 from rollbacks.tokens import token_create
+from runbooks import services as runbooks
 
 pytestmark = pytest.mark.django_db
 ROLES = ("anon", "alice", "bob", "carol", "dave", "mallory")
@@ -78,6 +79,8 @@ def world(make_system, alice, bob, carol, dave, mallory, django_user_model):
         )
     ApprovalPolicy.objects.create(name="everything", approvals_required=1)
     objects = {}
+    runbooks.incident_types_ensure(actor="test")  # a transactional test may have flushed them
+    incident = runbooks.IncidentType.objects.get(slug="bad-deploy")
     pat = django_user_model.objects.create_user(
         "pat"
     )  # a platform operator: requests the foreign rollback
@@ -91,7 +94,20 @@ def world(make_system, alice, bob, carol, dave, mallory, django_user_model):
         )
         runs.run_fail(run=run, reason="boom", actor="test")
         rollback = engine.rollback_plan(run=run, actor=requester, reason="r")
+        runbook = runbooks.runbook_create(
+            slug=f"{side}-runbook",
+            name=f"{side} runbook",
+            incident_type=incident,
+            actor="test",
+        )
+        runbooks.runbook_version_publish(
+            runbook=runbook,
+            parameters=[],
+            steps=[{"system": system, "action_type": "act", "params": {}}],
+            actor="test",
+        )
         objects[side] = {
+            "runbook": runbook.slug,
             "run": run,
             "rollback": rollback,
             "step": rollback.steps.get(),
@@ -187,6 +203,19 @@ PAGES = [
         "get",
         lambda o: f"/systems/{o['rollback'].steps.get().system.slug}/",
         {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
+    ("runbooks/", "get", lambda o: "/runbooks/", EVERY_USER),
+    (
+        "runbooks/<slug:slug>/",
+        "get",
+        lambda o: f"/runbooks/{o['runbook']}/",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
+    (
+        "runbooks/<slug:slug>/instantiate",
+        "post",
+        lambda o: f"/runbooks/{o['runbook']}/instantiate",
+        {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
     ),
 ]
 
@@ -328,6 +357,7 @@ API_ROUTES = {
     "api/v1/estate",
     "api/v1/alerts/alertmanager",
     "api/v1/ledger/export",
+    "api/v1/runbooks/<slug>/instantiate",
 }
 API_NONE = {"anon": 401}
 
@@ -446,6 +476,18 @@ def test_api_answers_each_role_as_expected(client, world, settings):
             {"version": "4"},
             # Alerts come from service accounts with the operator (or admin) role.
             {"anon": 401, "alice": 400, "bob": 403, "carol": 403, "dave": 400, "mallory": 403},
+        ),
+        (
+            "post",
+            "/api/v1/runbooks/own-runbook/instantiate",
+            {"params": {}, "reason": "r"},
+            {"anon": 401, "alice": 201, "bob": 403, "carol": 403, "dave": 201, "mallory": 404},
+        ),
+        (
+            "post",
+            "/api/v1/runbooks/foreign-runbook/instantiate",
+            {"params": {}, "reason": "r"},
+            {"anon": 401, "alice": 404, "bob": 404, "carol": 403, "dave": 201, "mallory": 404},
         ),
     ]
     problems = []

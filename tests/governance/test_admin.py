@@ -79,7 +79,7 @@ ADD_POLICY = "admin:governance_approvalpolicy_add"
         (
             "trigger_kinds",
             '["cron"]',
-            "Unknown trigger kind &#x27;cron&#x27;: use manual, api, alert.",
+            "Unknown trigger kind &#x27;cron&#x27;: use manual, api, alert, runbook.",
         ),
         ("environments", '[""]', "A list of environment names"),
         ("attestations", '{"pii": "x"}', "A list of attestations"),

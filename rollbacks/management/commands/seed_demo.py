@@ -24,13 +24,19 @@ DEMO_USERS = {
 class Command(BaseCommand):
     help = (
         "Load the demo estate (demo/estate.yaml through the estate import: systems, map, contracts, "
-        "approval policies, trigger rules), the demo users and the failed demo run."
+        "approval policies, trigger rules), the demo runbooks and the policy pre-approving one, "
+        "the demo users and the failed demo run."
     )
 
     def handle(self, *args, **options):
         path = Path(settings.BASE_DIR) / "demo" / "estate.yaml"
         result = import_document(parse(path.read_text()), actor="command:seed_demo")
         self.stdout.write(f"estate: {len(result.changes)} change(s)")
+        self.stdout.write(seed.runbooks(actor="command:seed_demo"))
+        result = import_document(
+            seed.with_runbook_policies(parse(path.read_text())), actor="command:seed_demo"
+        )
+        self.stdout.write(f"runbook policies: {len(result.changes)} change(s)")
         User = get_user_model()
         with transaction.atomic():
             for username, (role, teams) in DEMO_USERS.items():
