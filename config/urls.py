@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/v1/ledger/export", ledger_views.export_api, name="ledger-export-api"),
     path("api/v1/", api.urls),
     path("", include("governance.urls")),
+    path("", include("drills.urls")),
+    path("", include("reports.urls")),
     path("ledger/", include("ledger.urls")),
     path("", include("rollbacks.urls")),
 ]

@@ -143,7 +143,13 @@ def _new_trace_id() -> str:
 
 
 def rollback_plan(
-    *, run: ProcessRun, actor: Any, reason: str, is_drill: bool = False, trigger: str = "manual"
+    *,
+    run: ProcessRun,
+    actor: Any,
+    reason: str,
+    is_drill: bool = False,
+    trigger: str = "manual",
+    faults: list[dict] | None = None,
 ) -> Rollback:
     """Plan the unwind of a run: a step per completed forward action, in stages.
 
@@ -154,6 +160,7 @@ def rollback_plan(
        becomes a manual step with the reason — nothing is silently dropped.
     4. Stage the systems with ``planning.plan_stages`` over the pinned map.
     5. Write rollback, stages and steps with the ledger entry, then ask the approval gate.
+       A drill's injected ``faults`` are stored in the same transaction (docs/drills.md).
     """
     from rollbacks.templating import TemplateError, render_compensation
 
@@ -167,6 +174,8 @@ def rollback_plan(
     reason = (reason or "").strip()
     if not reason:
         raise EngineError({"reason": "say why this run is being rolled back"})
+    if faults and not is_drill:
+        raise EngineError({"faults": "faults can be injected into drills only: plan a drill"})
     actions = list(
         run.actions.filter(status=ForwardAction.Status.COMPLETED)
         .select_related("system")
@@ -243,6 +252,10 @@ def rollback_plan(
                 "is_drill": is_drill,
             },
         )
+        if faults:
+            drill_hooks(required_for="faults").plan_faults(
+                rollback=rollback, faults=faults, actor=actor
+            )
         _submit(rollback, actor)
     return rollback
 
@@ -260,6 +273,30 @@ def governance():
 
     path = getattr(settings, "UNWIND_GOVERNANCE", "")
     return import_module(path) if path else None
+
+
+def drill_hooks(*, required_for: str = ""):
+    """The drills module (``settings.UNWIND_DRILLS``): a drill's faults. None when none is
+    set; an ``EngineError`` naming ``required_for`` when the caller cannot do without it."""
+    from importlib import import_module
+
+    from django.conf import settings
+
+    path = getattr(settings, "UNWIND_DRILLS", "")
+    if not path and required_for:
+        raise EngineError({required_for: "drills are not configured (UNWIND_DRILLS)"})
+    return import_module(path) if path else None
+
+
+def _executor_for(step: Step, attempt: Attempt):
+    """A drill's step runs against a rehearsal target, with the drill's injected faults."""
+    from rollbacks.executors import executor_for_step
+
+    executor = executor_for_step(
+        step.kind, is_drill=step.rollback.is_drill, is_rehearsal_target=step.system.is_rehearsal
+    )
+    hooks = drill_hooks() if step.rollback.is_drill else None
+    return hooks.executor(step=step, attempt=attempt, executor=executor) if hooks else executor
 
 
 def _submit(rollback: Rollback, actor: Any) -> None:
@@ -359,7 +396,7 @@ def _transition_rollback(
         rollback_id=rollback.pk,
         reason=reason,
         trace_id=rollback.trace_id,
-        payload={"from": list(from_states), "to": to_state},
+        payload={"from": list(from_states), "to": to_state, "is_drill": rollback.is_drill},
     )
     rollback.state = to_state
     for k, v in fields.items():
@@ -758,7 +795,7 @@ def _traceparent(trace_id: str) -> tuple[str, Any]:
 
 def step_run(*, step_id: int, worker: str = "worker") -> str:
     """Claim, execute outside any transaction, record. Returns what happened (for logs and tests)."""
-    from rollbacks.executors import ExecutorError, StepWork, executor_for
+    from rollbacks.executors import ExecutorError, StepWork
 
     claimed = _claim(step_id, worker)
     if claimed is None:
@@ -782,7 +819,7 @@ def step_run(*, step_id: int, worker: str = "worker") -> str:
                 after=step.forward_action.after,
             )
             try:
-                result = executor_for(step.kind).execute(work)
+                result = _executor_for(step, attempt).execute(work)
                 return _record(step, attempt, ok=True, output=result.output)
             except ExecutorError as exc:
                 return _record(step, attempt, ok=False, error=str(exc), permanent=exc.permanent)
