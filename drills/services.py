@@ -13,24 +13,13 @@ from django.db import transaction
 
 import ledger.services as ledger
 from drills.models import MAX_SLOW_S, MAX_TIMES, Fault
-from rollbacks import access
+from rollbacks.engine import _require_operator as require_operator
 from rollbacks.models import Rollback, Step
 
 R = Rollback.State
 # Faults may change until the drill starts: draft, awaiting approval, approved.
 EDITABLE = (R.DRAFT, R.AWAITING_APPROVAL, R.APPROVED)
 KINDS = tuple(Fault.Kind.values)
-
-
-def _require_operator(actor: Any, rollback: Rollback, action: str) -> None:
-    if not access.can_operate(actor, rollback):
-        access.refuse(
-            actor=actor,
-            action=action,
-            subject=rollback,
-            rollback_id=rollback.pk,
-            why="only an operator of the rollback's teams may set a drill's faults",
-        )
 
 
 def _require_editable(rollback: Rollback, field: str = "faults") -> None:
@@ -127,7 +116,7 @@ def fault_add(
     seconds: float = 0,
 ) -> Fault:
     """Add one fault to a drill that has not started."""
-    _require_operator(actor, rollback, "drill.fault.add")
+    require_operator(actor, rollback, "drill.fault.add")
     spec = {"kind": kind, "times": times, "permanent": permanent, "seconds": seconds}
     errors = fault_errors(spec)
     if errors:
@@ -145,7 +134,7 @@ def fault_add(
 def fault_remove(*, fault: Fault, actor: Any) -> None:
     """Take a fault off a drill that has not started."""
     rollback = fault.rollback
-    _require_operator(actor, rollback, "drill.fault.remove")
+    require_operator(actor, rollback, "drill.fault.remove")
     with transaction.atomic():
         rollback = Rollback.objects.select_for_update().get(pk=rollback.pk)
         _require_editable(rollback)

@@ -204,6 +204,9 @@ def _details(e: Entry) -> str:
         parts.append(f"step #{e.subject_id}")
     if e.action == "policy.applied" and p.get("policies"):
         parts.append("policies: " + ", ".join(map(str, p["policies"])))
+        parts.append(f"{p.get('approvals', 0)} approval(s) required")
+        if p.get("gate_tiers"):
+            parts.append("gates on tiers " + ", ".join(map(str, p["gate_tiers"])))
     return "; ".join(parts)
 
 

@@ -179,9 +179,7 @@ def test_faults_are_refused_on_a_real_rollback(estate, alice):
     assert not Rollback.objects.exists()
     real = engine.rollback_plan(run=run, actor=alice, reason="r")
     with pytest.raises(ValidationError) as caught:
-        services.fault_add(
-            rollback=real, actor=alice, step_id=real.steps.first().pk, kind="fail"
-        )
+        services.fault_add(rollback=real, actor=alice, step_id=real.steps.first().pk, kind="fail")
     assert "not a drill" in caught.value.message_dict["faults"][0]
     assert not Fault.objects.exists()
 
@@ -217,7 +215,7 @@ def test_faults_on_the_rollback_page_until_the_drill_starts(estate, alice, carol
     api_step = drill.steps.get(system__slug="orders-api")
     client.force_login(alice)
     page = client.get(reverse("rollback", args=[drill.pk])).content.decode()
-    assert 'id="drill-fault-form"' in page and 'href="/rollbacks/%d/report"' % drill.pk in page
+    assert 'id="drill-fault-form"' in page and f'href="/rollbacks/{drill.pk}/report"' in page
     add = reverse("drill-fault-add", args=[drill.pk])
     response = client.post(add, {"step": api_step.pk, "kind": "kill", "times": 1})
     assert response.status_code == 302 and response["Location"].endswith("#drill-faults")
