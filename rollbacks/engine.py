@@ -527,7 +527,12 @@ def _step_action(
             rollback_id=rollback.pk,
             reason=note,
             trace_id=rollback.trace_id,
-            payload={"from": list(from_states), "to": to_state, "system": step.system.slug},
+            payload={
+                "from": list(from_states),
+                "to": to_state,
+                "system": step.system.slug,
+                "is_drill": rollback.is_drill,
+            },
         )
         if to_state == S.PENDING:
             _dispatch(Step.objects.filter(pk=step.pk))
@@ -644,7 +649,7 @@ def advance(rollback: Rollback) -> None:
                 subject=stage,
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
-                payload={"index": stage.index},
+                payload={"index": stage.index, "is_drill": rollback.is_drill},
             )
             stage.steps.filter(state=S.PENDING, is_manual=True).update(state=S.WAITING_HUMAN)
             _dispatch(stage.steps.filter(state=S.PENDING, is_manual=False))
@@ -657,7 +662,7 @@ def advance(rollback: Rollback) -> None:
                 subject=stage,
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
-                payload={"index": stage.index},
+                payload={"index": stage.index, "is_drill": rollback.is_drill},
             )
             continue
         halted = S.FAILED in states
@@ -671,7 +676,7 @@ def advance(rollback: Rollback) -> None:
                 subject=stage,
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
-                payload={"index": stage.index},
+                payload={"index": stage.index, "is_drill": rollback.is_drill},
             )
         return
 
@@ -758,6 +763,7 @@ def _claim(step_id: int, worker: str) -> tuple[Step, Attempt] | None:
                 "attempt": step.attempts,
                 "fencing_token": step.fencing_token,
                 "worker": worker,
+                "is_drill": step.rollback.is_drill,
             },
         )
     return step, attempt
@@ -887,7 +893,11 @@ def _record(
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
                 outcome="refused",
-                payload={"attempt": attempt.number, "fencing_token": attempt.fencing_token},
+                payload={
+                    "attempt": attempt.number,
+                    "fencing_token": attempt.fencing_token,
+                    "is_drill": rollback.is_drill,
+                },
             )
             return "refused"
         Attempt.objects.filter(pk=attempt.pk).update(
@@ -906,6 +916,7 @@ def _record(
                 "verdict": verdict,
                 "output": output or {},
                 "permanent": permanent,
+                "is_drill": rollback.is_drill,
             },
         )
         if fields["state"] == S.RETRY_WAIT:
@@ -961,7 +972,11 @@ def sweep() -> dict[str, int]:
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
                 outcome="failed",
-                payload={"attempt": step.attempts, "fencing_token": step.fencing_token},
+                payload={
+                    "attempt": step.attempts,
+                    "fencing_token": step.fencing_token,
+                    "is_drill": rollback.is_drill,
+                },
             )
             if not exhausted and rollback.state == R.RUNNING:
                 _dispatch(Step.objects.filter(pk=step.pk))
