@@ -253,3 +253,27 @@ def test_a_real_rollback_page_has_no_fault_panel(estate, alice, client):
     client.force_login(alice)
     page = client.get(reverse("rollback", args=[real.pk])).content.decode()
     assert "drill-faults" not in page and "Post-incident report" in page
+
+
+@pytest.mark.parametrize(
+    ("kind", "is_drill", "is_rehearsal_target", "expected"),
+    [
+        ("http", True, False, "RehearsalExecutor"),
+        ("sql", True, False, "RehearsalExecutor"),
+        ("flag", True, False, "RehearsalExecutor"),
+        ("http", True, True, "HttpExecutor"),
+        ("sql", True, True, "SqlExecutor"),
+        ("simulated", True, False, "SimulatedExecutor"),
+        ("http", False, False, "HttpExecutor"),
+        ("http", False, True, "HttpExecutor"),
+    ],
+)
+def test_executor_for_step_rehearses_a_drill_off_rehearsal_targets(
+    kind, is_drill, is_rehearsal_target, expected
+):
+    from rollbacks.executors import executor_for_step
+
+    executor = executor_for_step(kind, is_drill=is_drill, is_rehearsal_target=is_rehearsal_target)
+    assert type(executor).__name__ == expected
+    with pytest.raises(LookupError):  # a manual step has no executor, drill or not
+        executor_for_step("manual", is_drill=True, is_rehearsal_target=False)

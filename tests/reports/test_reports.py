@@ -172,3 +172,24 @@ def test_markdown_table_escapes_and_folds():
         "| a | b |\n| --- | --- |\n| x\\|y | two lines |\n| — | 3 |"
     )
     assert markdown_table([]) == "_Nothing to report._"
+
+
+def test_a_report_costs_the_same_queries_whatever_its_size(make_system, target_server, alice):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    engine_estate.build(make_system, target_server[0])
+    counts = []
+    for orders, name in ((1, "small"), (6, "large")):
+        rollback = engine.rollback_plan(
+            run=engine_estate.failed_run(orders=orders, external_id=name),
+            actor=alice,
+            reason="r",
+            is_drill=True,
+        )
+        engine.rollback_abort(rollback=rollback, actor=alice, reason="done")
+        with CaptureQueriesContext(connection) as queries:
+            report = report_build(rollback)
+        assert len(report.section("steps").rows) == 1 + 2 * orders + 1
+        counts.append(len(queries))
+    assert counts[0] == counts[1], counts
