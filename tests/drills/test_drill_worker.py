@@ -20,6 +20,7 @@ from rollbacks import engine
 from rollbacks.models import Rollback, Stage, Step
 from tests.conftest import WORKER_ARGS, start_celery, stop_process
 from tests.rollbacks import engine_estate
+from tests.rollbacks.test_engine_worker import _wait
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(240)]
 S, R = Step.State, Rollback.State
@@ -48,16 +49,6 @@ def fleet(target_server, make_system, transactional_db, tmp_path, monkeypatch):
     yield {"target": state, "workers": workers}
     for proc in [*workers, beat]:
         stop_process(proc)
-
-
-def _wait(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _step(rollback, slug: str, n: int = 0) -> Step:
