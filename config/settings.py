@@ -92,6 +92,8 @@ INSTALLED_APPS = [
     "runbooks",
     "governance",
     "dashboard",
+    "drills",
+    "reports",
 ]
 
 MIDDLEWARE = [
@@ -328,3 +330,17 @@ UNWIND_GOVERNANCE = "governance.gate"  # the engine's approval hooks (docs/archi
 UNWIND_ESTATE_EXTENSION = (
     "governance.estate.SECTIONS"  # policies and triggers in the estate document
 )
+
+# Drills and reports (docs/drills.md, docs/reports.md) --------------------------------------
+UNWIND_DRILLS = "drills.hooks"  # the engine's drill hooks: a drill's injected faults
+# The sections of a rollback's report, in order: providers ``(rollback) -> dict | None``.
+UNWIND_REPORT_SECTIONS = [
+    "reports.sections.summary",
+    "reports.sections.metrics",
+    "drills.report.report_section",
+    "reports.sections.decisions",
+    "reports.sections.stages",
+    "reports.sections.waits",
+    "reports.sections.steps",
+    "reports.sections.timeline",
+]

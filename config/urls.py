@@ -17,6 +17,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("", include("governance.urls")),
+    path("", include("drills.urls")),
+    path("", include("reports.urls")),
     path("ledger/", include("ledger.urls")),
     path("", include("dashboard.urls")),
     path("", include("runbooks.urls")),

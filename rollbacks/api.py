@@ -327,6 +327,22 @@ class FailureIn(In):
     )
 
 
+class FaultIn(In):
+    action: int = Field(
+        description="The id of the forward action whose step the fault hits.", examples=[31]
+    )
+    kind: Literal["fail", "slow", "kill"] = Field(
+        description="fail: the attempt fails; slow: it is held up `seconds`; kill: the worker "
+        "process running it is killed (SIGKILL) and the sweeper hands the step on.",
+        examples=["fail"],
+    )
+    times: int = Field(1, ge=1, le=10, description="How many attempts it hits.", examples=[2])
+    permanent: bool = Field(
+        False, description="fail: a permanent error (the step waits for a human).", examples=[False]
+    )
+    seconds: float = Field(0, ge=0, le=300, description="slow: seconds per hit.", examples=[0])
+
+
 class RollbackIn(In):
     run: int = Field(description="The id of the process run to roll back.", examples=[7])
     reason: str = Field(
@@ -338,6 +354,12 @@ class RollbackIn(In):
         False,
         description="A drill: a rehearsal against rehearsal targets, marked as such everywhere.",
         examples=[False],
+    )
+    faults: list[FaultIn] = Field(
+        default_factory=list,
+        description="A drill's injected faults (docs/drills.md); refused (400 naming `faults`) "
+        "unless `drill` is true.",
+        examples=[[{"action": 31, "kind": "fail", "times": 2}]],
     )
 
 
@@ -688,7 +710,12 @@ def rollback_create(request: HttpRequest, payload: RollbackIn):
     except Http404 as exc:
         return Status(404, {"detail": str(exc), "errors": {"run": [str(exc)]}})
     rollback = rollback_plan(
-        run=run, actor=user, reason=payload.reason, is_drill=payload.drill, trigger="api"
+        run=run,
+        actor=user,
+        reason=payload.reason,
+        is_drill=payload.drill,
+        trigger="api",
+        faults=[f.model_dump() for f in payload.faults],
     )
     return Status(201, _rollback_out(rollback.pk, detail=False))
 

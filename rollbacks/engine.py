@@ -144,7 +144,13 @@ def _new_trace_id() -> str:
 
 
 def rollback_plan(
-    *, run: ProcessRun, actor: Any, reason: str, is_drill: bool = False, trigger: str = "manual"
+    *,
+    run: ProcessRun,
+    actor: Any,
+    reason: str,
+    is_drill: bool = False,
+    trigger: str = "manual",
+    faults: list[dict] | None = None,
 ) -> Rollback:
     """Plan the unwind of a run: a step per completed forward action, in stages.
 
@@ -155,6 +161,7 @@ def rollback_plan(
        becomes a manual step with the reason — nothing is silently dropped.
     4. Stage the systems with ``planning.plan_stages`` over the pinned map.
     5. Write rollback, stages and steps with the ledger entry, then ask the approval gate.
+       A drill's injected ``faults`` are stored in the same transaction (docs/drills.md).
     """
     from rollbacks.templating import TemplateError, render_compensation
 
@@ -168,6 +175,8 @@ def rollback_plan(
     reason = (reason or "").strip()
     if not reason:
         raise EngineError({"reason": "say why this run is being rolled back"})
+    if faults and not is_drill:
+        raise EngineError({"faults": "faults can be injected into drills only: plan a drill"})
     actions = list(
         run.actions.filter(status=ForwardAction.Status.COMPLETED)
         .select_related("system")
@@ -245,6 +254,10 @@ def rollback_plan(
             },
         )
         grant_rollback(rollback)  # its teams may see, operate and approve it (guardian)
+        if faults:
+            drill_hooks(required_for="faults").plan_faults(
+                rollback=rollback, faults=faults, actor=actor
+            )
         _submit(rollback, actor)
     return rollback
 
@@ -263,6 +276,30 @@ def governance():
 
     path = getattr(settings, "UNWIND_GOVERNANCE", "")
     return import_module(path) if path else None
+
+
+def drill_hooks(*, required_for: str = ""):
+    """The drills module (``settings.UNWIND_DRILLS``): a drill's faults. None when none is
+    set; an ``EngineError`` naming ``required_for`` when the caller cannot do without it."""
+    from importlib import import_module
+
+    from django.conf import settings
+
+    path = getattr(settings, "UNWIND_DRILLS", "")
+    if not path and required_for:
+        raise EngineError({required_for: "drills are not configured (UNWIND_DRILLS)"})
+    return import_module(path) if path else None
+
+
+def _executor_for(step: Step, attempt: Attempt):
+    """A drill's step runs against a rehearsal target, with the drill's injected faults."""
+    from rollbacks.executors import executor_for_step
+
+    executor = executor_for_step(
+        step.kind, is_drill=step.rollback.is_drill, is_rehearsal_target=step.system.is_rehearsal
+    )
+    hooks = drill_hooks() if step.rollback.is_drill else None
+    return hooks.executor(step=step, attempt=attempt, executor=executor) if hooks else executor
 
 
 def _submit(rollback: Rollback, actor: Any) -> None:
@@ -362,7 +399,7 @@ def _transition_rollback(
         rollback_id=rollback.pk,
         reason=reason,
         trace_id=rollback.trace_id,
-        payload={"from": list(from_states), "to": to_state},
+        payload={"from": list(from_states), "to": to_state, "is_drill": rollback.is_drill},
     )
     rollback.state = to_state
     for k, v in fields.items():
@@ -494,7 +531,12 @@ def _step_action(
             rollback_id=rollback.pk,
             reason=note,
             trace_id=rollback.trace_id,
-            payload={"from": list(from_states), "to": to_state, "system": step.system.slug},
+            payload={
+                "from": list(from_states),
+                "to": to_state,
+                "system": step.system.slug,
+                "is_drill": rollback.is_drill,
+            },
         )
         if to_state == S.PENDING:
             _dispatch(Step.objects.filter(pk=step.pk))
@@ -618,7 +660,7 @@ def advance(rollback: Rollback) -> None:
                 subject=stage,
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
-                payload={"index": stage.index},
+                payload={"index": stage.index, "is_drill": rollback.is_drill},
             )
             stage.steps.filter(state=S.PENDING, is_manual=True).update(state=S.WAITING_HUMAN)
             _dispatch(stage.steps.filter(state=S.PENDING, is_manual=False))
@@ -631,7 +673,7 @@ def advance(rollback: Rollback) -> None:
                 subject=stage,
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
-                payload={"index": stage.index},
+                payload={"index": stage.index, "is_drill": rollback.is_drill},
             )
             continue
         halted = S.FAILED in states
@@ -645,7 +687,7 @@ def advance(rollback: Rollback) -> None:
                 subject=stage,
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
-                payload={"index": stage.index},
+                payload={"index": stage.index, "is_drill": rollback.is_drill},
             )
         return
 
@@ -736,6 +778,7 @@ def _claim(step_id: int, worker: str) -> tuple[Step, Attempt] | None:
                 "attempt": step.attempts,
                 "fencing_token": step.fencing_token,
                 "worker": worker,
+                "is_drill": step.rollback.is_drill,
             },
         )
     return step, attempt
@@ -773,7 +816,7 @@ def _traceparent(trace_id: str) -> tuple[str, Any]:
 
 def step_run(*, step_id: int, worker: str = "worker") -> str:
     """Claim, execute outside any transaction, record. Returns what happened (for logs and tests)."""
-    from rollbacks.executors import ExecutorError, StepWork, executor_for
+    from rollbacks.executors import ExecutorError, StepWork
 
     claimed = _claim(step_id, worker)
     if claimed is None:
@@ -797,7 +840,7 @@ def step_run(*, step_id: int, worker: str = "worker") -> str:
                 after=step.forward_action.after,
             )
             try:
-                result = executor_for(step.kind).execute(work)
+                result = _executor_for(step, attempt).execute(work)
                 return _record(step, attempt, ok=True, output=result.output)
             except ExecutorError as exc:
                 return _record(step, attempt, ok=False, error=str(exc), permanent=exc.permanent)
@@ -865,7 +908,11 @@ def _record(
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
                 outcome="refused",
-                payload={"attempt": attempt.number, "fencing_token": attempt.fencing_token},
+                payload={
+                    "attempt": attempt.number,
+                    "fencing_token": attempt.fencing_token,
+                    "is_drill": rollback.is_drill,
+                },
             )
             return "refused"
         Attempt.objects.filter(pk=attempt.pk).update(
@@ -884,6 +931,7 @@ def _record(
                 "verdict": verdict,
                 "output": output or {},
                 "permanent": permanent,
+                "is_drill": rollback.is_drill,
             },
         )
         if fields["state"] == S.RETRY_WAIT:
@@ -939,7 +987,11 @@ def sweep() -> dict[str, int]:
                 rollback_id=rollback.pk,
                 trace_id=rollback.trace_id,
                 outcome="failed",
-                payload={"attempt": step.attempts, "fencing_token": step.fencing_token},
+                payload={
+                    "attempt": step.attempts,
+                    "fencing_token": step.fencing_token,
+                    "is_drill": rollback.is_drill,
+                },
             )
             if not exhausted and rollback.state == R.RUNNING:
                 _dispatch(Step.objects.filter(pk=step.pk))

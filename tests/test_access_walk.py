@@ -217,6 +217,42 @@ PAGES = [
         lambda o: f"/runbooks/{o['runbook']}/instantiate",
         {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
     ),
+    # Reports: whoever sees the rollback reads and downloads them (downloads are ledgered).
+    (
+        "rollbacks/<int:pk>/report",
+        "get",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/report",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
+    (
+        "rollbacks/<int:pk>/report.md",
+        "get",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/report.md",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
+    (
+        "rollbacks/<int:pk>/report.html",
+        "get",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/report.html",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
+    # Drill faults: operators of the rollback's teams (these rollbacks are no drills, so
+    # the service refuses with a message: "ok"); a fault that does not exist is a 404.
+    (
+        "rollbacks/<int:pk>/faults",
+        "post",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/faults",
+        {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
+    ),
+    (
+        "rollbacks/<int:pk>/faults/<int:fault_id>/remove",
+        "post",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/faults/999999/remove",
+        {
+            "own": OPERATE_OWN | {"alice": 404, "dave": 404},
+            "foreign": OPERATE_FOREIGN | {"dave": 404},
+        },
+    ),
 ]
 
 

@@ -34,3 +34,11 @@ class SimulatedExecutor:
                 f"simulated transient failure (failure_rate {failure_rate})", permanent=False
             )
         return Outcome({"simulated": True, "latency_ms": round(latency_s * 1000)})
+
+
+class RehearsalExecutor:
+    """A drill's step on a production system: nothing is called, the attempt succeeds and
+    says which kind of compensation it stood in for (``rehearsal_of``)."""
+
+    def execute(self, work: StepWork) -> Outcome:
+        return Outcome({"simulated": True, "rehearsal_of": work.kind})
