@@ -336,6 +336,7 @@ UNWIND_DRILLS = "drills.hooks"  # the engine's drill hooks: a drill's injected f
 # The sections of a rollback's report, in order: providers ``(rollback) -> dict | None``.
 UNWIND_REPORT_SECTIONS = [
     "reports.sections.summary",
+    "runbooks.report.report_section",
     "reports.sections.metrics",
     "drills.report.report_section",
     "reports.sections.decisions",

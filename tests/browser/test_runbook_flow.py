@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
@@ -136,5 +137,19 @@ def test_operator_instantiates_a_runbook_an_approver_approves_and_it_runs(
     )
     assert actions.index("runbook.instantiated") < actions.index("approval.given")
     assert actions.index("approval.given") < actions.index("rollback.started")
-    # The post-incident report (page and download) is added at the end of this flow by the
-    # lead, once the report lands: download it here and check it names the runbook.
+
+    # 5. Alice opens the post-incident report and downloads it as Markdown.
+    page.locator("#report-link").click()
+    page.wait_for_url(f"{base}/rollbacks/{rollback.pk}/report")
+    assert "Post-incident report" in page.locator("main").inner_text()
+    screenshot(page, "runbook-6-report")
+    with page.expect_download() as download_info:
+        page.locator("#report-download-md").click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".md")
+    report = Path(download.path()).read_text(encoding="utf-8")
+    assert report.startswith(f"# Post-incident report: rollback #{rollback.pk}")
+    assert "## Runbook" in report and "cancel-order v1" in report
+    assert "Parameter order_id | 1001" in report
+    assert "bob" in report and "order 1001 is the duplicate; cancel it" in report
+    assert Entry.objects.filter(rollback_id=rollback.pk, action="report.exported").exists()
