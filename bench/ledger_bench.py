@@ -21,7 +21,12 @@ Redis, no Celery):
    transaction each (BEGIN; INSERT; COMMIT, the shape record() is called in), then in
    autocommit (one round trip, the stricter baseline). Target: ≥ 0.25 ×.
 4. Verification: ``verify()`` of the whole ledger (N entries + the appends) with one
-   connection and with the default two, entries per second. Target: ≥ 200,000/s.
+   connection and with the default two, entries per second. Target: ≥ 200,000/s. Also the
+   CPU it cost per entry, in this process and in its PostgreSQL backends (read from
+   /proc: PostgreSQL runs on this machine), which does not depend on what else the
+   machine is running: two idle cores give at most 2 s / (CPU per entry); and its rate
+   against the COPY rate of step 2 (the same rows read by PostgreSQL's fastest path, in
+   the same run, so under the same load).
 
 Runs with settings.DEBUG off (no query log), like production.
 
@@ -41,6 +46,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -322,6 +328,56 @@ def appends(kind: str, writers: int, seconds: float) -> float:
     return sum(counts) / seconds
 
 
+# 4. Verification ------------------------------------------------------------------------------------
+
+
+def _backend_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of these local processes so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def measured_verify(database: str, **kwargs):
+    """``verify(**kwargs)`` and the CPU seconds it cost: this process, and the PostgreSQL
+    backends of the database (sampled every 0.1 s from pg_stat_activity while it runs, so
+    that the backends of the fetching connections, gone when it ends, are counted)."""
+    import psycopg
+
+    from ledger.verification import verify
+
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+    with psycopg.connect(
+        PG.replace("dbname=postgres", f"dbname={database}"), autocommit=True
+    ) as conn:
+        own = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> %s"
+        before = _backend_cpu([r[0] for r in conn.execute(sql, [own])])
+
+        def sample() -> None:
+            while not stop.wait(0.1):
+                pids = [r[0] for r in conn.execute(sql, [own])]
+                seen.update(_backend_cpu(pids))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        started = time.process_time()
+        sampler.start()
+        try:
+            result = verify(**kwargs)
+        finally:
+            stop.set()
+            sampler.join(timeout=5)
+        python = time.process_time() - started
+    database_cpu = sum(cpu - before.get(pid, 0.0) for pid, cpu in seen.items())
+    return result, python, database_cpu
+
+
 # Main ---------------------------------------------------------------------------------------------
 
 
@@ -383,7 +439,6 @@ def run(n: int, args, database_url: str, key: str) -> int:
     from django.db import connection
 
     from ledger.checkpoints import checkpoint_take
-    from ledger.verification import verify
 
     load(n)
     started = time.monotonic()
@@ -425,12 +480,23 @@ def run(n: int, args, database_url: str, key: str) -> int:
     autocommit_rate = appends("plain", args.writers, args.append_s)
     log(f"plain INSERT, autocommit, {args.writers} writers: {autocommit_rate:,.0f}/s")
 
-    single = verify(workers=1)
+    database = connection.settings_dict["NAME"]
+    cpu = {}
+    single, *cpu["1"] = measured_verify(database, workers=1)
     log(
         f"verify, 1 connection: {single.summary()} in {single.seconds:.1f} s: {single.rate:,.0f} entries/s"
     )
-    result = verify()
+    result, *cpu["2"] = measured_verify(database)
     log(f"verify, default (2 connections): {result.seconds:.1f} s: {result.rate:,.0f} entries/s")
+    for label, run_ in (("1", single), ("2", result)):
+        python, database_cpu = cpu[label]
+        per = (python + database_cpu) / run_.entries * 1e6
+        log(
+            f"verify, {label} connection(s), CPU per entry: {per:.2f} µs "
+            f"(Python {python / run_.entries * 1e6:.2f}, PostgreSQL "
+            f"{database_cpu / run_.entries * 1e6:.2f}); two idle cores: at most "
+            f"{2e6 / per:,.0f} entries/s"
+        )
     if not (result.is_ok and single.is_ok):
         print(result.as_dict())
         return 1
@@ -450,6 +516,16 @@ def run(n: int, args, database_url: str, key: str) -> int:
         ("append record() vs plain INSERT autocommit", record_rate / autocommit_rate, "(≥ 0.25)"),
         ("verification entries/s, 1 connection", single.rate, "≥ 200,000"),
         ("verification entries/s, 2 connections", result.rate, "≥ 200,000"),
+        (
+            "verification rate vs COPY of the same rows, 2 connections",
+            result.rate / copy_rate,
+            "(≥ 0.55 at 367k/s COPY)",
+        ),
+        (
+            "verification CPU µs per entry, 2 connections",
+            sum(cpu["2"]) / result.entries * 1e6,
+            "(2 cores: ≤ 10)",
+        ),
     ]
     print()
     print(f"N = {n:,} entries; {machine()}")

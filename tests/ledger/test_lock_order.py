@@ -99,3 +99,17 @@ def test_many_crossed_transactions_lose_nothing_and_every_chain_verifies():
         assert seqs == list(range(1, len(seqs) + 1))
     result = verify()
     assert result.is_ok, result.summary()
+
+
+def test_an_uncontended_append_is_still_two_round_trips_in_or_out_of_order():
+    from django.test.utils import CaptureQueriesContext
+
+    for rollback_id in (1, 2, None):  # the chains exist
+        with transaction.atomic():
+            record(actor="worker", action="setup", rollback_id=rollback_id)
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        record(actor="worker", action="a", rollback_id=2)
+        record(actor="worker", action="b", rollback_id=None)  # in order
+        record(actor="worker", action="c", rollback_id=1)  # out of order, but free
+    assert len(queries) == 6, [q["sql"][:60] for q in queries]
+    assert Entry.objects.get(action="c").chain == "rollback:1"
