@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "ledger",
     "rollbacks",
     "governance",
+    "reconcile",
 ]
 
 MIDDLEWARE = [
@@ -249,6 +250,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "rollbacks.tasks.check_all_health",
         "schedule": HEALTH_CHECK_INTERVAL.total_seconds(),
     },
+}
+
+# Reconciliation (docs/reconciliation.md): hand on runs whose worker died.
+CELERY_BEAT_SCHEDULE["reconcile-sweep"] = {
+    "task": "reconcile.tasks.sweep",
+    "schedule": float(SWEEP_INTERVAL_S),
 }
 
 # Ledger (docs/ledger.md) -------------------------------------------------------------------

@@ -16,5 +16,6 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("", include("governance.urls")),
     path("ledger/", include("ledger.urls")),
+    path("reconcile/", include("reconcile.urls")),
     path("", include("rollbacks.urls")),
 ]
