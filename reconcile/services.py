@@ -46,6 +46,10 @@ def _queue(rollback: Rollback, actor: Any, trigger: str) -> Reconciliation:
         requested_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
     outbox.enqueue(RUN_TASK, reconciliation_id=rec.pk)
+    if trigger == Reconciliation.Trigger.AUTO:
+        # Follows from the entry that ended the rollback (as a step's dispatch follows from
+        # its stage's); ``reconcile.started`` records the run when a worker claims it.
+        return rec
     ledger.record(
         actor=actor,
         action="reconcile.requested",
@@ -157,7 +161,12 @@ def run_reconciliation(*, reconciliation_id: int, worker: str = "worker") -> str
             subject=rec,
             rollback_id=rollback.pk,
             trace_id=rollback.trace_id,
-            payload={"attempt": rec.attempts + 1, "systems": [s.slug for s, _ in plan]},
+            payload={
+                "reconciliation": rec.pk,
+                "trigger": rec.trigger,
+                "attempt": rec.attempts + 1,
+                "systems": [s.slug for s, _ in plan],
+            },
         )
     attempt = rec.attempts + 1
     ctx = _context(rollback)

@@ -9,16 +9,21 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 
 from reconcile import forms, services
 from reconcile.models import Finding
 from rollbacks import access
 
-PANEL = "reconcile/_findings.html"
+PAGE = "reconcile/findings_page.html"
 
 
-def _back(rollback_pk: int) -> HttpResponse:
+def _back(request: HttpRequest, rollback_pk: int) -> HttpResponse:
+    """Back where the form was: the reconciliation page (no JavaScript) or the rollback page,
+    where the panel loads itself."""
+    if request.POST.get("back") == "page":
+        return redirect("reconcile-panel", pk=rollback_pk)
     return redirect(reverse("rollback", args=[rollback_pk]) + "#reconciliation")
 
 
@@ -41,9 +46,17 @@ def _require_operator(request: HttpRequest, rollback, action: str) -> None:
 @login_required
 @require_GET
 def panel(request: HttpRequest, pk: int) -> HttpResponse:
-    """The panel alone: what the rollback page polls while checks run."""
+    """The panel: loaded into the rollback page (htmx, and polled while checks run), or a
+    page of its own without JavaScript."""
     rollback = access.get_rollback_for_user(request.user, pk)
-    return render(request, PANEL, {"rollback": rollback})
+    context = {
+        "rollback": rollback,
+        "rc": services.panel(rollback, request.user),
+        "back": "rollback" if request.htmx else "page",
+    }
+    response = render(request, PAGE + "#panel" if request.htmx else PAGE, context)
+    patch_vary_headers(response, ("HX-Request",))  # the page and its fragment share a URL
+    return response
 
 
 @login_required
@@ -57,7 +70,7 @@ def rerun(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, _error_text(exc))
     else:
         messages.success(request, f"Reconciliation of rollback #{rollback.pk} queued.")
-    return _back(rollback.pk)
+    return _back(request, rollback.pk)
 
 
 @login_required
@@ -71,7 +84,7 @@ def dismiss(request: HttpRequest, pk: int, finding_id: int) -> HttpResponse:
     form = forms.DismissForm(request.POST)
     if not form.is_valid():
         messages.error(request, forms.errors_text(form))
-        return _back(rollback.pk)
+        return _back(request, rollback.pk)
     try:
         services.finding_dismiss(
             finding=finding, actor=request.user, reason=form.cleaned_data["reason"]
@@ -80,7 +93,7 @@ def dismiss(request: HttpRequest, pk: int, finding_id: int) -> HttpResponse:
         messages.error(request, _error_text(exc))
     else:
         messages.success(request, f"Finding #{finding.pk} dismissed.")
-    return _back(rollback.pk)
+    return _back(request, rollback.pk)
 
 
 @login_required
@@ -92,7 +105,7 @@ def followup(request: HttpRequest, pk: int) -> HttpResponse:
     form = forms.FollowupForm(request.POST, finding_ids=ids)
     if not form.is_valid():
         messages.error(request, forms.errors_text(form))
-        return _back(rollback.pk)
+        return _back(request, rollback.pk)
     try:
         stage = services.followup_add(
             rollback=rollback, finding_ids=form.cleaned_data["finding"], actor=request.user
@@ -106,4 +119,4 @@ def followup(request: HttpRequest, pk: int) -> HttpResponse:
             f"Stage {stage.index} added; rollback #{rollback.pk} is "
             f"{rollback.get_state_display()}.",
         )
-    return _back(rollback.pk)
+    return _back(request, rollback.pk)

@@ -124,7 +124,6 @@ def test_findings_are_fixed_by_a_follow_up_stage_on_a_real_worker(live, alice, b
         .values_list("action", flat=True)
     )
     for expected in (
-        "reconcile.requested",
         "reconcile.started",
         "reconcile.finished",
         "reconcile.followup_added",
