@@ -535,3 +535,45 @@ def test_report_section(target, make_system, alice):
     assert row["details"] == {"id": 11, "external_ref": "r10"}
     assert section["markdown"].startswith("## Reconciliation\n")
     assert "dismissed by alice: reorder \\| fine" in section["markdown"]
+
+
+@pytest.mark.postgres
+def test_a_run_whose_worker_died_is_handed_on_and_the_late_answer_refused(
+    target, make_system, alice
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from rollbacks.models import Outbox
+
+    target()
+    estate.build(make_system)
+    rollback = _ended_rollback(alice)
+    rec = Reconciliation.objects.get(rollback=rollback)
+    sent = Outbox.objects.filter(task=services.RUN_TASK, kwargs__reconciliation_id=rec.pk)
+    assert sent.count() == 1  # written with the transaction that ended the rollback
+
+    # Nobody claimed it for a while (the message was lost): the sweeper sends it again.
+    Reconciliation.objects.filter(pk=rec.pk).update(
+        requested_at=timezone.now() - timedelta(minutes=1)
+    )
+    assert services.sweep() == {"expired": 0, "resent": 1} and sent.count() == 2
+    assert services.sweep() == {"expired": 0, "resent": 0}
+
+    # A worker claimed it and died: once the lease expires, it is queued again.
+    Reconciliation.objects.filter(pk=rec.pk).update(
+        state="running", attempts=1, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert services.sweep()["expired"] == 1 and sent.count() == 3
+    rec.refresh_from_db()
+    assert rec.state == "queued" and rec.attempts == 1
+    assert Entry.objects.filter(rollback_id=rollback.pk, action="reconcile.lease_expired").exists()
+
+    assert "1 finding" in services.run_reconciliation(reconciliation_id=rec.pk)
+    rec.refresh_from_db()
+    assert (rec.state, rec.attempts) == ("done", 2)
+    # The dead worker's late answer (attempt 1) changes nothing.
+    assert services._record(rec, 1, [], {}) == "refused"
+    assert services.run_reconciliation(reconciliation_id=rec.pk) == "not claimable"
+    assert rec.findings.count() == 1
