@@ -96,21 +96,7 @@ def request_reconciliation(*, rollback: Rollback, actor: Any) -> Reconciliation:
 
 
 def _context(rollback: Rollback) -> dict[str, Any]:
-    run = rollback.run
-    return {
-        "run": {
-            "id": run.pk,
-            "external_id": run.external_id,
-            "process": run.process,
-            "trace_id": run.trace_id,
-        },
-        "rollback": {
-            "id": rollback.pk,
-            "reason": rollback.reason,
-            "is_drill": rollback.is_drill,
-            "requested_by": rollback.requested_by.get_username() if rollback.requested_by else "",
-        },
-    }
+    return engine.template_roots(rollback.run, rollback)
 
 
 def _plan(rollback: Rollback) -> list[tuple[System, Any]]:

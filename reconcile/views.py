@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from reconcile import forms, services
 from reconcile.models import Finding
 from rollbacks import access
+from rollbacks.views import _require_operator  # the rollback page's own check, refusal ledgered
 
 PAGE = "reconcile/findings_page.html"
 
@@ -29,18 +30,6 @@ def _back(request: HttpRequest, rollback_pk: int) -> HttpResponse:
 
 def _error_text(exc: ValidationError) -> str:
     return " ".join(exc.messages)
-
-
-def _require_operator(request: HttpRequest, rollback, action: str) -> None:
-    """Refuse (403, ledgered) before reading the form, as the rollback page's actions do."""
-    if not access.can_operate(request.user, rollback):
-        access.refuse(
-            actor=request.user,
-            action=action,
-            subject=rollback,
-            rollback_id=rollback.pk,
-            why="only an operator of the rollback's teams may do this",
-        )
 
 
 @login_required

@@ -128,6 +128,14 @@ def _template_context(
             "idempotency_key": action.idempotency_key,
             "system": action.system.slug,
         },
+        **template_roots(run, rollback),
+        "step": {"id": step.pk, "idempotency_key": step.idempotency_key},
+    }
+
+
+def template_roots(run: ProcessRun, rollback: Rollback) -> dict:
+    """The ``run`` and ``rollback`` roots of templates (reconciliation checks use them too)."""
+    return {
         "run": {
             "id": run.pk,
             "external_id": run.external_id,
@@ -140,7 +148,6 @@ def _template_context(
             "is_drill": rollback.is_drill,
             "requested_by": rollback.requested_by.get_username() if rollback.requested_by else "",
         },
-        "step": {"id": step.pk, "idempotency_key": step.idempotency_key},
     }
 
 

@@ -8,31 +8,11 @@ import pytest
 
 from reconcile import services
 from reconcile.models import Finding, Reconciliation
-from rollbacks import engine, runs
-from rollbacks import services as estate_services
 from rollbacks.models import Rollback
 from tests.browser.conftest import screenshot
+from tests.reconcile import estate
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _checks(base: str) -> list[dict]:
-    return [
-        {
-            "name": "captures_in_flight",
-            "kind": "http",
-            "url": base + "/_effects",
-            "findings": "effects",
-            "columns": ["path", "key"],
-            "category": "in_flight_transaction",
-            "description": "A capture that survived the unwind",
-            "compensation": {
-                "kind": "http",
-                "method": "POST",
-                "url": base + "/payments/void/{finding.key}",
-            },
-        }
-    ]
 
 
 def test_operator_works_the_findings_in_the_browser(
@@ -41,26 +21,9 @@ def test_operator_works_the_findings_in_the_browser(
     import httpx
 
     base, _state = target_server
-    system = make_system("payment-gateway", kind="third_party_api")
-    estate_services.contract_publish(
-        system=system,
-        actor="test",
-        actions={"capture": {"compensation": {"kind": "simulated"}}},
-        reconciliation=_checks(base),
-    )
-    run, _ = runs.run_register(process="checkout", external_id="b-1", actor="test")
-    runs.action_report(
-        run=run,
-        system_slug="payment-gateway",
-        action_type="capture",
-        idempotency_key="c",
-        actor="test",
-    )
-    runs.run_fail(run=run, reason="boom", actor="test")
     for key in ("pay-1", "pay-2"):
         httpx.post(base + "/payments/capture", headers={"Idempotency-Key": f'"{key}"'})
-    rollback = engine.rollback_plan(run=run, actor=alice, reason="r")
-    engine.rollback_abort(rollback=rollback, actor=alice, reason="stop")
+    rollback = estate.gateway_rollback(make_system, alice, [estate.captures_check(base)])
     rec = Reconciliation.objects.get(rollback=rollback)
     services.run_reconciliation(reconciliation_id=rec.pk)
     first, second = Finding.objects.filter(reconciliation=rec).order_by("id")

@@ -115,3 +115,48 @@ def failed_run(external_id: str = "run-1"):
         )
     runs.run_fail(run=run, reason="step 3 of 4 timed out", actor="test")
     return run
+
+
+def gateway_rollback(make_system, alice, checks: list[dict]):
+    """A payment gateway whose contract has ``checks``, and a rollback of one capture that
+    ended (aborted before it ran), so its reconciliation is queued."""
+    from rollbacks import engine
+
+    system = make_system("payment-gateway", kind="third_party_api")
+    services.contract_publish(
+        system=system,
+        actor="test",
+        actions={"capture": {"compensation": {"kind": "simulated"}}},
+        reconciliation=checks,
+    )
+    run, _ = runs.run_register(process="checkout", external_id="r-1", actor="test")
+    runs.action_report(
+        run=run,
+        system_slug="payment-gateway",
+        action_type="capture",
+        idempotency_key="c",
+        actor="test",
+    )
+    runs.run_fail(run=run, reason="boom", actor="test")
+    rollback = engine.rollback_plan(run=run, actor=alice, reason="r")
+    return engine.rollback_abort(rollback=rollback, actor=alice, reason="stop")
+
+
+def captures_check(base: str) -> dict:
+    """An HTTP check on the loopback target: every effect it recorded is a capture that
+    survived the unwind; the suggestion voids it."""
+    return {
+        "name": "captures_in_flight",
+        "kind": "http",
+        "url": base + "/_effects",
+        "findings": "effects",
+        "columns": ["path", "key"],
+        "category": "in_flight_transaction",
+        "description": "A capture that survived the unwind",
+        "compensation": {
+            "kind": "http",
+            "method": "POST",
+            "url": base + "/payments/void/{finding.key}",
+            "body": {"rollback": "{rollback.id}"},
+        },
+    }

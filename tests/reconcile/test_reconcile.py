@@ -15,7 +15,7 @@ from ledger.models import Entry
 from reconcile import services
 from reconcile.models import CheckResult, Finding, Reconciliation
 from reconcile.report import report_section
-from rollbacks import engine, runs
+from rollbacks import engine
 from rollbacks import services as estate_services
 from rollbacks.contracts import validate_reconciliation
 from rollbacks.estate import EstateError, export_document, import_document
@@ -357,21 +357,7 @@ def test_a_follow_up_after_an_abort_closes_the_old_stage_and_runs_only_the_new_o
 
 def _http_checks(base: str) -> list[dict]:
     return [
-        {
-            "name": "captures_in_flight",
-            "kind": "http",
-            "url": base + "/_effects",
-            "findings": "effects",
-            "columns": ["path", "key"],
-            "category": "in_flight_transaction",
-            "description": "A capture that survived the unwind",
-            "compensation": {
-                "kind": "http",
-                "method": "POST",
-                "url": base + "/payments/void/{finding.key}",
-                "body": {"rollback": "{rollback.id}"},
-            },
-        },
+        estate.captures_check(base),
         {
             "name": "gateway_health",
             "kind": "http",
@@ -397,24 +383,7 @@ def _http_checks(base: str) -> list[dict]:
 
 def test_http_checks_against_the_loopback_target(target_server, make_system, alice):
     base, state = target_server
-    system = make_system("payment-gateway", kind="third_party_api")
-    estate_services.contract_publish(
-        system=system,
-        actor="test",
-        actions={"capture": {"compensation": {"kind": "simulated"}}},
-        reconciliation=_http_checks(base),
-    )
-    run, _ = runs.run_register(process="checkout", external_id="r-1", actor="test")
-    runs.action_report(
-        run=run,
-        system_slug="payment-gateway",
-        action_type="capture",
-        idempotency_key="c",
-        actor="test",
-    )
-    runs.run_fail(run=run, reason="boom", actor="test")
-    rollback = engine.rollback_plan(run=run, actor=alice, reason="r")
-    engine.rollback_abort(rollback=rollback, actor=alice, reason="stop")
+    rollback = estate.gateway_rollback(make_system, alice, _http_checks(base))
 
     rec = _reconcile(rollback)  # the target has seen nothing yet
     outcomes = dict(rec.results.values_list("check_name", "outcome"))
