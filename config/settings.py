@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "dashboard",
     "drills",
     "reports",
+    "reconcile",
 ]
 
 MIDDLEWARE = [
@@ -258,6 +259,12 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Reconciliation (docs/reconciliation.md): hand on runs whose worker died.
+CELERY_BEAT_SCHEDULE["reconcile-sweep"] = {
+    "task": "reconcile.tasks.sweep",
+    "schedule": float(SWEEP_INTERVAL_S),
+}
+
 # Ledger (docs/ledger.md) -------------------------------------------------------------------
 # Ed25519 key that signs checkpoints and export manifests: base64 of the 32 raw private bytes
 # (`manage.py ledger_keygen`). Without it, DEBUG generates one into var/ and production
@@ -343,5 +350,6 @@ UNWIND_REPORT_SECTIONS = [
     "reports.sections.stages",
     "reports.sections.waits",
     "reports.sections.steps",
+    "reconcile.report.report_section",
     "reports.sections.timeline",
 ]

@@ -22,5 +22,6 @@ urlpatterns = [
     path("ledger/", include("ledger.urls")),
     path("", include("dashboard.urls")),
     path("", include("runbooks.urls")),
+    path("reconcile/", include("reconcile.urls")),
     path("", include("rollbacks.urls")),
 ]

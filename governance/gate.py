@@ -35,6 +35,40 @@ def submit(rollback: Rollback, actor: Any) -> tuple[bool, str]:
     return req.approvals > 0, why
 
 
+def resubmit(rollback: Rollback, actor: Any) -> tuple[bool, str]:
+    """A finished rollback's plan changed (a follow-up stage from reconciliation): decide
+    again over its steps as they are now. Approvals given before approved the plan as it
+    was, so they are revoked (ledgered with the decision); the new plan needs its own."""
+    from django.utils import timezone
+
+    from governance.services import live_approvals
+
+    req, why = policies.evaluate(rollback)
+    decision, _ = PolicyDecision.objects.update_or_create(
+        rollback=rollback,
+        defaults={
+            "trigger_kind": rollback.trigger,
+            "requirements": req.as_dict(),
+            "explanation": why,
+        },
+    )
+    decision.policies.set(policies_by_name(req.policies))
+    superseded = list(live_approvals(rollback).values_list("pk", flat=True))
+    live_approvals(rollback).update(
+        revoked_at=timezone.now(), revoked_reason="superseded: the plan gained a follow-up stage"
+    )
+    ledger.record(
+        actor=actor,
+        action="policy.applied",
+        subject=rollback,
+        rollback_id=rollback.pk,
+        trace_id=rollback.trace_id,
+        reason=why,
+        payload=req.as_dict() | {"resubmitted": True, "superseded_approvals": superseded},
+    )
+    return req.approvals > 0, why
+
+
 def policies_by_name(names: list[str]):
     from governance.models import ApprovalPolicy
 

@@ -151,13 +151,21 @@ class PrettyJSONWidget(forms.Textarea):
 class ContractForm(forms.ModelForm):
     class Meta:
         model = Contract
-        fields = ["system", "note", "actions"]
-        widgets = {"actions": PrettyJSONWidget(attrs={"rows": 24, "cols": 100})}
+        fields = ["system", "note", "actions", "reconciliation"]
+        widgets = {
+            "actions": PrettyJSONWidget(attrs={"rows": 24, "cols": 100}),
+            "reconciliation": PrettyJSONWidget(attrs={"rows": 12, "cols": 100}),
+        }
 
     def clean_actions(self):
         actions = self.cleaned_data["actions"]
         services.validate_contract_actions(actions)
         return actions
+
+    def clean_reconciliation(self):
+        checks = self.cleaned_data["reconciliation"] or []
+        services.validate_contract_reconciliation(checks)
+        return checks
 
 
 @admin.register(Contract)
@@ -198,6 +206,7 @@ class ContractAdmin(admin.ModelAdmin):
             latest = Contract.objects.filter(system_id=system_id).order_by("-version").first()
             if latest is not None:
                 initial["actions"] = latest.actions
+                initial["reconciliation"] = latest.reconciliation
         return initial
 
     def save_model(self, request, obj, form, change):

@@ -170,8 +170,12 @@ def template_fields(value: Any) -> list[str]:
     return [field for field, _, _ in _template_parts(value)]
 
 
-def template_errors(value: Any, path: str) -> list[Error]:
-    """The same rules the renderer (``rollbacks/templating.py``) applies, checked at publish time."""
+def template_errors(value: Any, path: str, roots: dict | None = None) -> list[Error]:
+    """The same rules the renderer (``rollbacks/templating.py``) applies, checked at publish time.
+
+    ``roots``: what a template may name (``TEMPLATE_ROOTS`` unless given): root -> the set of
+    its fields, or None for any field."""
+    roots = TEMPLATE_ROOTS if roots is None else roots
     errors = []
     for field, spec, conversion in _template_parts(value):
         if field.startswith("!"):
@@ -186,17 +190,17 @@ def template_errors(value: Any, path: str) -> list[Error]:
             )
             continue
         root, _, rest = field.partition(".")
-        if root not in TEMPLATE_ROOTS:
-            allowed = ", ".join(sorted(TEMPLATE_ROOTS))
+        if root not in roots:
+            allowed = ", ".join(sorted(roots))
             errors.append(
                 (path, f"template names {{{field}}}: unknown root {root!r} (use {allowed})")
             )
-        elif not rest and TEMPLATE_ROOTS[root] is None:
+        elif not rest and roots[root] is None:
             errors.append(
                 (path, f"template names {{{field}}}: say which field, e.g. {{{root}.id}}")
             )
-        elif TEMPLATE_ROOTS[root] is not None and rest not in TEMPLATE_ROOTS[root]:
-            known = ", ".join(sorted(TEMPLATE_ROOTS[root]))
+        elif roots[root] is not None and rest not in roots[root]:
+            known = ", ".join(sorted(roots[root]))
             errors.append(
                 (path, f"template names {{{field}}}: {root} has no field {rest!r} ({known})")
             )
@@ -244,28 +248,165 @@ def validate_actions(actions: Any) -> list[Error]:
             continue
         if not isinstance(comp, dict):
             continue
-        kind = comp.get("kind")
-        if kind not in _compensation_validators:
+        errors += compensation_errors(comp, _join(action_type, "compensation"))
+    return errors
+
+
+def compensation_errors(
+    comp: dict, path: str, *, kinds: tuple[str, ...] = COMPENSATION_KINDS, roots: dict | None = None
+) -> list[Error]:
+    """The errors of one compensation spec (a mapping with ``kind``) at ``path``."""
+    kind = comp.get("kind")
+    if kind not in kinds:
+        return [(_join(path, "kind"), f"must be one of {', '.join(kinds)}")]
+    errors = _schema_errors(_compensation_validators[kind], comp, path)
+    for key, value in comp.items():
+        if kind == "sql" and key == "statement" and template_fields(value):
             errors.append(
                 (
-                    _join(action_type, "compensation.kind"),
-                    f"must be one of {', '.join(COMPENSATION_KINDS)}",
+                    _join(path, "statement"),
+                    "must not contain templates: name values as %(name)s and fill them in params",
                 )
             )
+        elif key != "kind":
+            errors += template_errors(value, _join(path, key), roots)
+    return errors
+
+
+# Reconciliation checks ---------------------------------------------------------------------
+# A contract may list checks that compare a system's actual state with what a rollback meant
+# to leave (docs/reconciliation.md). Each finding a check reports carries the check's
+# ``columns``; its suggested compensation is templated over them as ``{finding.<column>}``.
+
+FINDING_CATEGORIES = (
+    "stale_row",
+    "duplicate_key",
+    "orphaned_record",
+    "in_flight_transaction",
+    "other",
+)
+CHECK_KINDS = ("sql", "http")
+# sql_restore needs a forward action's before/after images, which a finding does not have.
+SUGGESTION_KINDS = ("http", "sql", "flag", "manual", "simulated")
+# What a check's own templates may name (a finding does not exist yet).
+CHECK_ROOTS = {"run": TEMPLATE_ROOTS["run"], "rollback": TEMPLATE_ROOTS["rollback"]}
+HTTP_MATCH_COLUMNS = ("status", "body")  # the one finding of an http check without ``findings``
+MAX_FINDINGS = 1000
+_READ_QUERY = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
+
+_identifier_schema = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
+_check_common = {
+    "name": {"type": "string", "pattern": r"^[a-z][a-z0-9_.-]{0,99}$"},
+    "kind": {"enum": list(CHECK_KINDS)},
+    "category": {"enum": list(FINDING_CATEGORIES)},
+    "description": {"type": "string", "minLength": 1, "maxLength": 500},
+    "compensation": {"type": "object"},
+    "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+    "max_findings": {"type": "integer", "minimum": 1, "maximum": MAX_FINDINGS},
+    "attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+    "columns": {"type": "array", "items": _identifier_schema, "minItems": 1, "uniqueItems": True},
+}
+_check_required = ["name", "kind", "category", "description", "compensation"]
+_checks = {
+    "sql": {
+        "properties": _check_common
+        | {
+            "database": _template,
+            "query": {"type": "string", "minLength": 1},
+            "params": {"type": "object"},
+        },
+        "required": [*_check_required, "database", "query", "columns"],
+    },
+    "http": {
+        "properties": _check_common
+        | {
+            "method": {"enum": ["GET", "POST"]},
+            "url": {"type": "string", "pattern": "^https?://"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "body": {},
+            "expect_status": _compensations["http"]["properties"]["expect_status"],
+            "findings": {"type": "string", "pattern": r"^([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)?$"},
+            "expect_body": {},
+        },
+        "required": [*_check_required, "url"],
+    },
+}
+for _schema in _checks.values():
+    _schema["type"] = "object"
+    _schema["additionalProperties"] = False
+_check_validators = {k: Draft202012Validator(s) for k, s in _checks.items()}
+
+
+def check_columns(check: dict) -> list[str]:
+    """The fields every finding of a check has (what ``{finding.…}`` may name)."""
+    if check.get("kind") == "http" and "findings" not in check:
+        return list(HTTP_MATCH_COLUMNS)
+    columns = check.get("columns")
+    return [c for c in columns if isinstance(c, str)] if isinstance(columns, list) else []
+
+
+def validate_reconciliation(checks: Any) -> list[Error]:
+    """All the errors in a contract's ``reconciliation`` list; paths start with ``[i]``."""
+    if checks in (None, []):
+        return []
+    if not isinstance(checks, list):
+        return [("", "must be a list of checks")]
+    errors: list[Error] = []
+    names: dict[str, int] = {}
+    for i, check in enumerate(checks):
+        path = f"[{i}]"
+        if not isinstance(check, dict):
+            errors.append((path, "must be a mapping with name, kind, category, description, …"))
             continue
-        errors += _schema_errors(
-            _compensation_validators[kind], comp, _join(action_type, "compensation")
-        )
-        for key, value in comp.items():
-            if kind == "sql" and key == "statement" and template_fields(value):
+        kind = check.get("kind")
+        if kind not in _check_validators:
+            errors.append((_join(path, "kind"), f"must be one of {', '.join(CHECK_KINDS)}"))
+            continue
+        errors += _schema_errors(_check_validators[kind], check, path)
+        name = check.get("name")
+        if isinstance(name, str):
+            if name in names:
+                errors.append((_join(path, "name"), f"{name!r} repeats [{names[name]}].name"))
+            names.setdefault(name, i)
+        if kind == "sql":
+            if isinstance(check.get("query"), str) and not _READ_QUERY.match(check["query"]):
+                errors.append(
+                    (_join(path, "query"), "must be a SELECT (or WITH …): checks only read")
+                )
+            if isinstance(check.get("query"), str) and template_fields(check["query"]):
                 errors.append(
                     (
-                        _join(action_type, "compensation.statement"),
+                        _join(path, "query"),
                         "must not contain templates: name values as %(name)s and fill them in params",
                     )
                 )
-            elif key != "kind":
-                errors += template_errors(value, _join(action_type, "compensation", key))
+            for key in ("database", "params"):
+                errors += template_errors(check.get(key), _join(path, key), CHECK_ROOTS)
+        else:
+            if "findings" in check and "columns" not in check:
+                errors.append(
+                    (_join(path, "columns"), "is required with findings: the fields each has")
+                )
+            if "findings" not in check:
+                if "columns" in check:
+                    errors.append(
+                        (
+                            _join(path, "columns"),
+                            "only with findings: a status/body check's finding has status and body",
+                        )
+                    )
+            elif "expect_body" in check:
+                errors.append(
+                    (_join(path, "expect_body"), "use either findings or expect_body, not both")
+                )
+            for key in ("url", "headers", "body"):
+                errors += template_errors(check.get(key), _join(path, key), CHECK_ROOTS)
+        comp = check.get("compensation")
+        if isinstance(comp, dict):
+            roots = CHECK_ROOTS | {"finding": set(check_columns(check))}
+            errors += compensation_errors(
+                comp, _join(path, "compensation"), kinds=SUGGESTION_KINDS, roots=roots
+            )
     return errors
 
 
@@ -288,3 +429,7 @@ def health_check_errors(check: Any) -> list[str]:
 
 def format_errors(errors: list[Error], prefix: str = "") -> list[str]:
     return [f"{_join(prefix, path) or prefix or 'actions'}: {message}" for path, message in errors]
+
+
+def format_reconciliation_errors(errors: list[Error], prefix: str = "reconciliation") -> list[str]:
+    return [f"{prefix}{path}: {message}" for path, message in errors]

@@ -19,6 +19,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, Q
+from django.dispatch import Signal
 from django.utils import timezone
 from opentelemetry import trace
 from opentelemetry.propagate import inject
@@ -46,6 +47,11 @@ LEASE = timedelta(seconds=15)  # renewed every LEASE/3 while an attempt runs
 REDISPATCH_AFTER = timedelta(seconds=15)  # a pending step not claimed by then lost its message
 S = Step.State
 R = Rollback.State
+
+
+# Sent inside the transaction that moves a rollback to a terminal state (kwargs: rollback,
+# actor); reconcile/ listens and queues its checks through the outbox.
+rollback_ended = Signal()
 
 
 class EngineError(ValidationError):
@@ -123,6 +129,14 @@ def _template_context(
             "idempotency_key": action.idempotency_key,
             "system": action.system.slug,
         },
+        **template_roots(run, rollback),
+        "step": {"id": step.pk, "idempotency_key": step.idempotency_key},
+    }
+
+
+def template_roots(run: ProcessRun, rollback: Rollback) -> dict:
+    """The ``run`` and ``rollback`` roots of templates (reconciliation checks use them too)."""
+    return {
         "run": {
             "id": run.pk,
             "external_id": run.external_id,
@@ -135,7 +149,6 @@ def _template_context(
             "is_drill": rollback.is_drill,
             "requested_by": rollback.requested_by.get_username() if rollback.requested_by else "",
         },
-        "step": {"id": step.pk, "idempotency_key": step.idempotency_key},
     }
 
 
@@ -353,6 +366,26 @@ def rollback_reject(*, rollback: Rollback, actor: Any, reason: str) -> None:
     _write_summary(rollback)
 
 
+def rollback_reopen(*, rollback: Rollback, actor: Any, reason: str) -> None:
+    """Finished → awaiting approval | approved: a follow-up stage was added (reconcile/).
+
+    Call inside a transaction holding the rollback's row lock, after the new stage exists.
+    Governance's ``resubmit`` applies the policies to the changed plan (approvals given for
+    the plan as it was no longer count); without one, no approval is required."""
+    gov = governance()
+    resubmit = getattr(gov, "resubmit", None)
+    needs, why = resubmit(rollback, actor) if resubmit else (False, "no approval policy applies")
+    _transition_rollback(
+        rollback,
+        Rollback.TERMINAL,
+        R.AWAITING_APPROVAL if needs else R.APPROVED,
+        actor=actor,
+        action="rollback.reopened",
+        reason=f"{reason} ({why})",
+        finished_at=None,
+    )
+
+
 def rollback_nudge(*, rollback: Rollback) -> None:
     """Re-run ``advance`` under the row lock (after governance opened a stage gate)."""
     with transaction.atomic():
@@ -370,6 +403,7 @@ _VERBS = {
     "skipped": "skip",
     "resolved": "resolve",
     "submitted": "submit",
+    "reopened": "add a follow-up stage to it",
 }
 
 
@@ -404,6 +438,8 @@ def _transition_rollback(
     rollback.state = to_state
     for k, v in fields.items():
         setattr(rollback, k, v)
+    if to_state in Rollback.TERMINAL:
+        rollback_ended.send(sender=Rollback, rollback=rollback, actor=actor)
 
 
 def _require_operator(actor: Any, rollback: Rollback, action: str) -> None:
@@ -636,7 +672,8 @@ def advance(rollback: Rollback) -> None:
     while True:
         stage = _current_stage(rollback)
         if stage is None:
-            skipped = rollback.steps.filter(state=S.SKIPPED).exists()
+            # Cancelled or failed steps remain only when a follow-up stage ran after an abort.
+            skipped = rollback.steps.filter(state__in=(S.SKIPPED, S.CANCELLED, S.FAILED)).exists()
             _transition_rollback(
                 rollback,
                 (R.RUNNING,),

@@ -20,7 +20,7 @@ from django.db import transaction
 
 import ledger.services as ledger
 from rollbacks import planning, services
-from rollbacks.contracts import health_check_errors, validate_actions
+from rollbacks.contracts import health_check_errors, validate_actions, validate_reconciliation
 from rollbacks.models import DependencyEdge, DependencyMap, System, Team, slug_validator
 
 DOCUMENT_VERSION = 1
@@ -199,8 +199,12 @@ def validate(doc: Any, extension: Any = _CONFIGURED) -> list[tuple[str, str]]:
     contracted: set[str] = set()
     for i, contract in enumerate(_list(doc, "contracts", errors)):
         path = f"contracts[{i}]"
-        if not isinstance(contract, dict) or set(contract) - {"system", "actions"}:
-            errors.append((path, "must be a mapping with system and actions"))
+        if not isinstance(contract, dict) or set(contract) - {
+            "system",
+            "actions",
+            "reconciliation",
+        }:
+            errors.append((path, "must be a mapping with system, actions and reconciliation"))
             continue
         slug = contract.get("system")
         if not isinstance(slug, str) or slug not in systems:
@@ -211,6 +215,8 @@ def validate(doc: Any, extension: Any = _CONFIGURED) -> list[tuple[str, str]]:
             contracted.add(slug)
         for sub, message in validate_actions(contract.get("actions")):
             errors.append((f"{path}.actions" + (f".{sub}" if sub else ""), message))
+        for sub, message in validate_reconciliation(contract.get("reconciliation")):
+            errors.append((f"{path}.reconciliation{sub}", message))
     if extension is not None:
         errors += extension.validate(doc, systems)
     return errors
@@ -322,9 +328,18 @@ def _apply(doc: dict, actor: Any, result: ImportResult) -> None:
     for spec in doc.get("contracts", []):
         system = systems[spec["system"]]
         existing = latest_contracts.get(system.pk)
-        if existing is None or existing.actions != spec["actions"]:
+        checks = spec.get("reconciliation") or []
+        if (
+            existing is None
+            or existing.actions != spec["actions"]
+            or existing.reconciliation != checks
+        ):
             contract = services.contract_publish(
-                system=system, actions=spec["actions"], actor=actor, note="estate import"
+                system=system,
+                actions=spec["actions"],
+                reconciliation=checks,
+                actor=actor,
+                note="estate import",
             )
             changes.append(f"+ contract {system.slug} v{contract.version}")
 
@@ -366,6 +381,7 @@ def export_document(extension: Any = _CONFIGURED) -> dict[str, Any]:
     by_id = {s.pk: s.slug for s in System.objects.filter(pk__in=contracts)}
     doc["contracts"] = [
         {"system": by_id[sid], "actions": c.actions}
+        | ({"reconciliation": c.reconciliation} if c.reconciliation else {})
         for sid, c in sorted(contracts.items(), key=lambda kv: by_id[kv[0]])
     ]
     if extension is not None:

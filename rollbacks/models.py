@@ -205,6 +205,12 @@ class Contract(models.Model):
     )
     note = models.CharField(max_length=200, blank=True)
     actions = models.JSONField(default=dict)
+    reconciliation = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Checks run after each rollback that touched the system "
+        "(rollbacks.contracts.validate_reconciliation, docs/reconciliation.md).",
+    )
 
     class Meta:
         ordering = ["system__slug", "-version"]

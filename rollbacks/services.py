@@ -11,7 +11,12 @@ from django.db.models import Max
 
 import ledger.services as ledger
 from rollbacks import planning
-from rollbacks.contracts import format_errors, validate_actions
+from rollbacks.contracts import (
+    format_errors,
+    format_reconciliation_errors,
+    validate_actions,
+    validate_reconciliation,
+)
 from rollbacks.models import Contract, DependencyEdge, DependencyMap, System
 
 
@@ -96,13 +101,27 @@ def validate_contract_actions(actions: Any) -> None:
         raise ValidationError(format_errors(errors, "actions"))
 
 
+def validate_contract_reconciliation(checks: Any) -> None:
+    errors = validate_reconciliation(checks)
+    if errors:
+        raise ValidationError(format_reconciliation_errors(errors))
+
+
 def next_contract_version(system: System) -> int:
     return (system.contracts.aggregate(v=Max("version"))["v"] or 0) + 1
 
 
-def contract_publish(*, system: System, actions: dict, actor: Any, note: str = "") -> Contract:
+def contract_publish(
+    *,
+    system: System,
+    actions: dict,
+    actor: Any,
+    note: str = "",
+    reconciliation: list | None = None,
+) -> Contract:
     """Publish a new contract version for ``system``; earlier versions stay as they were."""
     validate_contract_actions(actions)
+    validate_contract_reconciliation(reconciliation)
     with transaction.atomic():
         # Lock the system row so two publishers cannot take the same version number.
         System.objects.select_for_update().get(pk=system.pk)
@@ -110,6 +129,7 @@ def contract_publish(*, system: System, actions: dict, actor: Any, note: str = "
             system=system,
             version=next_contract_version(system),
             actions=actions,
+            reconciliation=reconciliation or [],
             note=note,
             published_by=actor if getattr(actor, "is_authenticated", False) else None,
         )
@@ -126,6 +146,7 @@ def record_contract_published(contract: Contract, *, actor: Any) -> None:
             "system": contract.system.slug,
             "version": contract.version,
             "actions": contract.actions,
+            "reconciliation": contract.reconciliation,
         },
     )
 

@@ -193,6 +193,24 @@ PAGES = [
         lambda o: f"/rollbacks/{o['rollback'].pk}/reject",
         {"own": APPROVE_OWN, "foreign": APPROVE_FOREIGN},
     ),
+    (
+        "reconcile/rollbacks/<int:pk>/",
+        "get",
+        lambda o: f"/reconcile/rollbacks/{o['rollback'].pk}/",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
+    (
+        "reconcile/rollbacks/<int:pk>/run",
+        "post",
+        lambda o: f"/reconcile/rollbacks/{o['rollback'].pk}/run",
+        {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
+    ),
+    (
+        "reconcile/rollbacks/<int:pk>/follow-up",
+        "post",
+        lambda o: f"/reconcile/rollbacks/{o['rollback'].pk}/follow-up",
+        {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
+    ),
     ("ledger/", "get", lambda o: "/ledger/", AUDITORS),
     ("ledger/<int:pk>/", "get", lambda o: f"/ledger/{o['entry'].pk}/", AUDITORS),
     # The dashboard (docs/dashboard.md): everyone has an overview and metrics of what they see.
@@ -284,6 +302,7 @@ OTHER_ROUTES = {
     "ledger/exports/<uuid:pk>/": "test_ledger_routes",
     "ledger/exports/<uuid:pk>/file": "test_ledger_routes",
     "ledger/exports/<uuid:pk>/manifest.json": "test_ledger_routes",
+    "reconcile/rollbacks/<int:pk>/findings/<int:finding_id>/dismiss": "test_reconcile_dismiss",
 }
 
 
@@ -536,3 +555,41 @@ def test_api_answers_each_role_as_expected(client, world, settings):
                 )
     assert client.get("/api/v1/openapi.json").status_code == 200  # the schema is public
     assert not problems, "\n".join(problems)
+
+
+def test_reconcile_dismiss(client, world):
+    """Dismissing a finding: operators of its system's team (and admins); nobody else."""
+    from reconcile.models import CheckResult, Finding, Reconciliation
+
+    for side in ("own", "foreign"):
+        rollback = world["objects"][side]["rollback"]
+        rec = Reconciliation.objects.create(rollback=rollback, state="done")
+        system = rollback.steps.get().system
+        result = CheckResult.objects.create(
+            reconciliation=rec, system=system, check_name="c", outcome="findings"
+        )
+        world["objects"][side]["finding"] = Finding.objects.create(
+            reconciliation=rec,
+            rollback=rollback,
+            result=result,
+            system=system,
+            check_name="c",
+            category="other",
+            description="d",
+            fingerprint="f",
+        )
+    problems = _check(
+        client,
+        world,
+        "post",
+        lambda o: f"/reconcile/rollbacks/{o['rollback'].pk}/findings/{o['finding'].pk}/dismiss",
+        {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
+        data={"reason": ""},  # an empty reason: refused with a message, nothing changes
+        label="dismiss",
+    )
+    assert not problems, "\n".join(problems)
+    assert set(Finding.objects.values_list("status", flat=True)) == {"open"}
+    client.force_login(world["users"]["carol"])  # a finding of another rollback is not found
+    own, foreign = world["objects"]["own"], world["objects"]["foreign"]
+    url = f"/reconcile/rollbacks/{own['rollback'].pk}/findings/{foreign['finding'].pk}/dismiss"
+    assert client.post(url, {"reason": "x"}).status_code == 404

@@ -17,6 +17,7 @@ missing tables, constraint violations will not (permanent).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 from collections.abc import Callable
@@ -214,3 +215,32 @@ def _restore(db: _Target, work: StepWork) -> dict[str, Any]:
     raise ExecutorError(
         f"{described} changed since it was captured: refusing to overwrite", permanent=True
     )
+
+
+def read_rows(
+    database: str, query: str, params: dict[str, Any], *, timeout_s: float, limit: int
+) -> tuple[list[str], list[tuple], bool]:
+    """Run one read-only query on a named target: (column names, up to ``limit`` rows,
+    whether there were more). The transaction is read-only (PostgreSQL ``READ ONLY``,
+    SQLite ``query_only``) and bounded by ``timeout_s``; it is never committed. Used by
+    reconciliation checks (reconcile/checks.py); errors are classified as for compensations."""
+    db = None
+    try:
+        db = _Target(database, timeout_s)
+        if db.is_sqlite:
+            db.conn.execute("PRAGMA query_only = ON")
+            db.conn.execute("BEGIN")
+        else:
+            db.run("SET TRANSACTION READ ONLY", {})
+            db.begin()
+        cursor = db.run(query, params)
+        columns = [d[0] for d in cursor.description or ()]
+        rows = cursor.fetchmany(limit + 1)
+        return columns, [tuple(r) for r in rows[:limit]], len(rows) > limit
+    except (psycopg.Error, sqlite3.Error) as exc:
+        raise _driver_error(database, exc) from exc
+    finally:
+        if db is not None:
+            with contextlib.suppress(Exception):  # closing without COMMIT discards anyway
+                db.conn.rollback()
+            db.conn.close()
