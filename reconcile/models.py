@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import models
 
 from rollbacks.contracts import FINDING_CATEGORIES
-from rollbacks.models import Contract, Rollback, Step, System, sees_everything, team_group_ids
+from rollbacks.models import Contract, Rollback, Step, System, sees_everything
 
 
 class Reconciliation(models.Model):
@@ -86,14 +86,17 @@ class FindingQuerySet(models.QuerySet):
         return self.filter(rollback__in=Rollback.objects.visible_to(user))
 
     def actionable_by(self, user) -> FindingQuerySet:
-        """Findings on systems of the user's teams (admins: all); auditors act on none."""
+        """Findings on systems the user may operate (guardian's ``operate_system``, held by the
+        owning team's group or lent by an incident grant; admins: all); auditors act on none."""
         if not getattr(user, "is_authenticated", False):
             return self.none()
         if user.is_superuser:
             return self
         if sees_everything(user):
             return self.none()
-        return self.filter(system__team__group_id__in=team_group_ids(user))
+        from rollbacks.permissions import permitted
+
+        return self.filter(system__in=permitted(user, "operate_system", System.objects.all()))
 
 
 class Finding(models.Model):

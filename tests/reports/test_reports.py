@@ -61,7 +61,16 @@ def _rows(report, key):
 def test_report_of_a_finished_rollback_has_every_section_with_real_figures(finished):
     report = report_build(finished)
     keys = [s.key for s in report.sections]
-    assert keys == ["summary", "metrics", "decisions", "stages", "waits", "steps", "timeline"]
+    assert keys == [
+        "summary",
+        "metrics",
+        "decisions",
+        "stages",
+        "waits",
+        "steps",
+        "reconciliation",
+        "timeline",
+    ]
     assert report.is_final and report.section("drill") is None  # not a drill
     metrics = {r["Metric"]: r["Value"] for r in _rows(report, "metrics")}
     assert metrics["Time to approval"] >= 0 and metrics["Duration"] >= 0
