@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "ledger",
     "rollbacks",
     "governance",
+    "timeline",
 ]
 
 MIDDLEWARE = [

@@ -9,6 +9,7 @@ from importlib import import_module
 from types import ModuleType
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -106,6 +107,12 @@ def _spec_rows(spec: dict) -> list[tuple[str, str, dict[str, Any] | None]]:
 
 def _service_error(exc: ValidationError) -> str:
     return " ".join(exc.messages)
+
+
+def _timeline_page() -> ModuleType | None:
+    """The rollback's timeline (``timeline/page.py``), found by name: timeline imports
+    rollbacks, never the other way round."""
+    return import_module("timeline.page") if apps.is_installed("timeline") else None
 
 
 def _governance_page() -> ModuleType | None:
@@ -298,9 +305,13 @@ def rollback_detail(request: HttpRequest, pk: int) -> HttpResponse:
         # Nothing changed since the last poll: 204 swaps nothing, so the operator's focus,
         # open <details> and screen-reader position survive, and polling goes on.
         response = HttpResponse(status=204)
+    elif request.htmx:
+        response = render(request, DETAIL + "#rollback-status", context)
     else:
-        template = DETAIL + "#rollback-status" if request.htmx else DETAIL
-        response = render(request, template, context)
+        if tl_page := _timeline_page():
+            systems = sorted({s.system.slug for st in context["stages"] for s in st.step_list})
+            context["tl"] = tl_page.page_context(request, context["rollback"], systems)
+        response = render(request, DETAIL, context)
     patch_vary_headers(response, ("HX-Request",))  # the page and its fragment share a URL
     return response
 

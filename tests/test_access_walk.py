@@ -177,6 +177,12 @@ PAGES = [
         lambda o: f"/rollbacks/{o['rollback'].pk}/reject",
         {"own": APPROVE_OWN, "foreign": APPROVE_FOREIGN},
     ),
+    (
+        "rollbacks/<int:pk>/timeline",
+        "get",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/timeline?after=0.alert.0",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
     ("ledger/", "get", lambda o: "/ledger/", AUDITORS),
     ("ledger/<int:pk>/", "get", lambda o: f"/ledger/{o['entry'].pk}/", AUDITORS),
 ]
@@ -211,6 +217,8 @@ OTHER_ROUTES = {
     "ledger/exports/<uuid:pk>/": "test_ledger_routes",
     "ledger/exports/<uuid:pk>/file": "test_ledger_routes",
     "ledger/exports/<uuid:pk>/manifest.json": "test_ledger_routes",
+    # An endless stream: tests/timeline/test_stream.py reads its first events per role.
+    "rollbacks/<int:pk>/timeline/stream": "test_the_stream_answers_each_role_as_expected",
 }
 
 
@@ -325,6 +333,7 @@ API_ROUTES = {
     "api/v1/rollbacks/<id>/steps/<step_id>/<action>",
     "api/v1/estate",
     "api/v1/alerts/alertmanager",
+    "api/v1/events",
     "api/v1/ledger/export",
 }
 API_NONE = {"anon": 401}
@@ -444,6 +453,19 @@ def test_api_answers_each_role_as_expected(client, world, settings):
             {"version": "4"},
             # Alerts come from service accounts with the operator (or admin) role.
             {"anon": 401, "alice": 400, "bob": 403, "carol": 403, "dave": 400, "mallory": 403},
+        ),
+        (
+            "post",
+            "/api/v1/events",
+            {"kind": "deploy", "source": "ci", "title": "t", "rollback": own["rollback"].pk},
+            # Events come from operator or admin accounts; the rollback must be visible.
+            {"anon": 401, "alice": 201, "bob": 403, "carol": 403, "dave": 201, "mallory": 403},
+        ),
+        (
+            "post",
+            "/api/v1/events",
+            {"kind": "deploy", "source": "ci", "title": "t", "rollback": foreign["rollback"].pk},
+            {"anon": 401, "alice": 400, "bob": 403, "carol": 403, "dave": 201, "mallory": 403},
         ),
     ]
     problems = []
