@@ -36,7 +36,9 @@ def parse_cursor(text: str | None) -> Cursor | None:
         return None
 
 
-def page_context(request: HttpRequest, rollback: Rollback, systems: list[str]) -> dict[str, Any]:
+def page_context(
+    request: HttpRequest, rollback: Rollback, systems: list[str], *, is_live: bool = True
+) -> dict[str, Any]:
     """The newest page of the timeline (or the page before ``?before=``), filtered by
     ``?system=`` when it names one of the rollback's systems. One query."""
     system = request.GET.get("system", "")
@@ -52,6 +54,7 @@ def page_context(request: HttpRequest, rollback: Rollback, systems: list[str]) -
         "has_older": has_older,
         "older": items[-1].cursor if items else None,
         "cursor": items[0].cursor if items else START,
-        # Older pages stand still; the newest one follows what is recorded.
-        "live": "off" if before else live_mode(request),
+        # Older pages stand still; the newest one follows what is recorded until the
+        # rollback has finished (then the whole page stands still).
+        "live": live_mode(request) if is_live and before is None else "off",
     }

@@ -35,7 +35,7 @@ from ledger.models import Entry
 from rollbacks.models import ForwardAction, ProcessRun, Rollback, Step
 from timeline.models import Event
 
-PAGE = 100  # items per page of the timeline (newest first); older ones are a link away
+PAGE = 50  # items per page of the timeline (newest first); older ones are a link away
 # Ledger entries of a run's reports are shown as the run's own items (below), once.
 RUN_SUBJECTS = ("processrun", "forwardaction")
 COLUMNS = (
