@@ -66,6 +66,7 @@ def setup():
 def serve(b: Bench, port: int) -> subprocess.Popen:
     log = open(b.workdir / "uvicorn.log", "a")  # noqa: SIM115 - closed with the process
     env = os.environ | {"DATABASE_URL": b.database_url, "DEBUG": "1", "LOG_LEVEL": "WARNING"}
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -133,6 +134,10 @@ def main() -> None:
     args = parser.parse_args()
     with Bench("live", limit_s=900) as b:
         from playwright.sync_api import sync_playwright
+
+        # Playwright's sync API runs an event loop in this thread; the ORM calls here are
+        # plain synchronous ones between its calls (as in tests/browser/conftest.py).
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
         rollback = setup()
         port = free_port()
