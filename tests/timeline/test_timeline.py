@@ -209,7 +209,10 @@ def test_the_page_shows_the_timeline_and_filters_without_javascript(client, esta
     assert 'id="timeline"' in page and "rollback.planned" in page and "run failed" in page
     assert 'id="timeline-poll"' in page  # the test client is WSGI: polling
     filtered = client.get(f"/rollbacks/{estate.pk}/?system=billing").content.decode()
-    assert 'system=billing#timeline" aria-current="true">billing' in filtered and "run failed" not in filtered
+    assert (
+        'system=billing#timeline" aria-current="true">billing' in filtered
+        and "run failed" not in filtered
+    )
 
 
 def test_the_fragment_answers_204_until_something_is_recorded(client, estate, alice):
