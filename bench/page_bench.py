@@ -164,7 +164,7 @@ def measure_all(b: Bench, client, rollback, n: int) -> dict[str, tuple[float, fl
         # Baseline: the smallest signed-in answer (the approvals badge: session, user, count).
         "baseline: /approvals/count": measure(client, "/approvals/count", n, 200),
         "page": measure(client, f"{base}/", n, 200),
-        "page, steps 976-1000": measure(client, f"{base}/?steps=40", n, 200),
+        "page, steps 781-800": measure(client, f"{base}/?steps=40", n, 200),
         "page, one system": measure(client, f"{base}/?system={SYSTEMS[3]}", n, 200),
         "fragment, nothing new (204)": measure(client, f"{base}/timeline?after={newest}", n, 204),
         "fragment, 4 new items": measure(client, f"{base}/timeline?after={fifth}", n, 200),

@@ -249,7 +249,7 @@ def rollback_list(request: HttpRequest) -> HttpResponse:
     return render(request, "rollbacks/rollback_list.html", {"page": _page(request, rollbacks)})
 
 
-STEP_PAGE = 25  # steps shown in full per page of a rollback's plan; the rest as counts
+STEP_PAGE = 20  # steps shown in full per page of a rollback's plan; the rest as counts
 
 
 def _fingerprint(
