@@ -95,6 +95,7 @@ INSTALLED_APPS = [
     "drills",
     "reports",
     "reconcile",
+    "timeline",
 ]
 
 MIDDLEWARE = [

@@ -6,10 +6,12 @@ from governance.api import router as governance_router
 from ledger.api import router as ledger_router
 from rollbacks.api import api
 from runbooks.api import router as runbooks_router
+from timeline.api import router as timeline_router
 
 api.add_router("/alerts", governance_router)
 api.add_router("/ledger", ledger_router)
 api.add_router("/runbooks", runbooks_router)
+api.add_router("/events", timeline_router)
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
@@ -23,5 +25,6 @@ urlpatterns = [
     path("", include("dashboard.urls")),
     path("", include("runbooks.urls")),
     path("reconcile/", include("reconcile.urls")),
+    path("", include("timeline.urls")),
     path("", include("rollbacks.urls")),
 ]

@@ -89,7 +89,12 @@ class Entry(models.Model):
 
     class Meta:
         verbose_name_plural = "entries"
-        indexes = [models.Index(fields=["subject_type", "subject_id"])]
+        indexes = [
+            models.Index(fields=["subject_type", "subject_id"]),
+            # A rollback's timeline reads its entries after a cursor (at, id): timeline/.
+            models.Index(fields=["rollback_id", "at", "id"], name="ledger_entry_rollback_at"),
+            models.Index(fields=["trace_id", "at", "id"], name="ledger_entry_trace_at"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["chain", "seq"], name="ledger_entry_chain_seq")
         ]

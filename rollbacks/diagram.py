@@ -49,7 +49,12 @@ class Diagram:
 
 
 def layout(slugs: list[str], edges: list[Edge]) -> Diagram:
-    stages = plan_stages(slugs, edges)
+    return place(plan_stages(slugs, edges), edges)
+
+
+def place(stages: list[list[str]], edges: list[Edge]) -> Diagram:
+    """Boxes for the given stages (column k is stage k + 1) and arrows for the edges
+    between placed systems."""
     boxes: dict[str, Box] = {}
     for col, stage in enumerate(stages):
         for row, slug in enumerate(stage):
@@ -82,3 +87,63 @@ def layout(slugs: list[str], edges: list[Edge]) -> Diagram:
     width = MARGIN * 2 + max(len(stages), 1) * (BOX_W + COL_GAP) - COL_GAP
     height = MARGIN * 2 + 20 + max(rows, 1) * (BOX_H + ROW_GAP) - ROW_GAP
     return Diagram(list(boxes.values()), arrows, width, height, len(stages))
+
+
+# The state a system's box shows in a rollback's picture: the one that most needs a reader's
+# eye among its steps in that stage (a failure before anything running, and so on).
+STATE_RANK = (
+    "failed",
+    "waiting_human",
+    "running",
+    "retry_wait",
+    "pending",
+    "cancelled",
+    "skipped",
+    "succeeded",
+)
+
+
+@dataclass(frozen=True)
+class PlanNode:
+    """What a box of a rollback's picture says about one system in one stage."""
+
+    box: Box
+    state: str
+    done: int
+    total: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.box.slug}: {self.done} of {self.total} step{'s' if self.total != 1 else ''} done, {self.state.replace('_', ' ')}"
+
+
+def plan_picture(
+    stages: list[list[tuple[str, str]]], edges: list[Edge]
+) -> tuple[Diagram, list[PlanNode]]:
+    """A rollback's plan as a picture: ``stages`` lists each stage's steps as (system slug,
+    step state); a system's box shows its steps' most urgent state and how many are done.
+    A system with steps in two stages (it cannot: planning puts a system in one stage) would
+    show in the first."""
+    columns: list[list[str]] = []
+    seen: dict[str, dict] = {}
+    for stage in stages:
+        column: list[str] = []
+        for slug, state in stage:
+            if slug not in seen:
+                seen[slug] = {"states": [], "done": 0}
+                column.append(slug)
+            seen[slug]["states"].append(state)
+            seen[slug]["done"] += state in ("succeeded", "skipped")
+        columns.append(column)
+    picture = place(columns, edges)
+    rank = {state: i for i, state in enumerate(STATE_RANK)}
+    nodes = [
+        PlanNode(
+            box,
+            min(seen[box.slug]["states"], key=lambda s: rank.get(s, -1)),
+            seen[box.slug]["done"],
+            len(seen[box.slug]["states"]),
+        )
+        for box in picture.boxes
+    ]
+    return picture, nodes

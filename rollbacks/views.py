@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import import_module
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
-from django.db.models import Case, Count, IntegerField, OuterRef, Prefetch, Subquery, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.functions import Coalesce
 from django.forms import Form
 from django.http import HttpRequest, HttpResponse
@@ -100,6 +113,12 @@ def _spec_rows(spec: dict) -> list[tuple[str, str, dict[str, Any] | None]]:
 
 def _service_error(exc: ValidationError) -> str:
     return " ".join(exc.messages)
+
+
+def _timeline_page() -> ModuleType | None:
+    """The rollback's timeline (``timeline/page.py``), found by name: timeline imports
+    rollbacks, never the other way round."""
+    return import_module("timeline.page") if apps.is_installed("timeline") else None
 
 
 def _governance_page() -> ModuleType | None:
@@ -226,59 +245,159 @@ def rollback_list(request: HttpRequest) -> HttpResponse:
     return render(request, "rollbacks/rollback_list.html", {"page": _page(request, rollbacks)})
 
 
-def _fingerprint(rollback: Rollback, stages: list[Stage], can_act: bool, extra: str = "") -> str:
+STEP_PAGE = 20  # steps shown in full per page of a rollback's plan; the rest as counts
+
+
+def _fingerprint(
+    rollback: Rollback, stages: list[Stage], can_act: bool, extra: str = "", page: int = 1
+) -> str:
     """A digest of everything in the ``rollback-status`` fragment that can change (``extra``:
-    governance's part: approvals, gates, break-glass reviews)."""
-    state = [rollback.state, rollback.started_at, rollback.finished_at, can_act, extra]
+    governance's part: approvals, gates, break-glass reviews): every step's state and
+    attempts (the counts and the picture), and the shown steps' details."""
+    state = [rollback.state, rollback.started_at, rollback.finished_at, can_act, extra, page]
     for stage in stages:
         state.append((stage.pk, stage.state))
-        for step in stage.step_list:
+        state.extend((step.pk, step.state, step.attempts) for step in stage.step_list)
+        for step in stage.page_steps:
             state.append(
-                (step.pk, step.state, step.attempts, step.max_attempts, step.last_error)
-                + (step.human_note, [(a.pk, a.outcome, a.finished_at) for a in step.attempt_list])
+                (step.pk, step.max_attempts, step.last_error, step.human_note)
+                + ([(a.pk, a.outcome, a.finished_at) for a in step.attempt_list],)
             )
     return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
 
 
+def _step_page_number(request: HttpRequest) -> int:
+    """``?steps=N``; an htmx request (a poll, an action) keeps the page the browser shows."""
+    raw = request.GET.get("steps")
+    if raw is None and getattr(request, "htmx", None) and request.htmx.current_url:
+        raw = parse_qs(urlsplit(request.htmx.current_url).query).get("steps", [None])[0]
+    try:
+        return max(1, int(raw or 1))
+    except ValueError:
+        return 1
+
+
+def _step_pages(number: int, total: int, stages: list[Stage]) -> dict[str, Any]:
+    """Which steps this page shows in full, and for each stage the page its first step is on."""
+    count = max(1, -(-total // STEP_PAGE))
+    number = min(number, count)
+    position = 0
+    for stage in stages:
+        stage.first_page = position // STEP_PAGE + 1
+        position += len(stage.step_list)
+    return {
+        "number": number,
+        "count": count,
+        "start": (number - 1) * STEP_PAGE,
+        "end": min(number * STEP_PAGE, total),
+        "previous": number - 1 if number > 1 else None,
+        "next": number + 1 if number < count else None,
+    }
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """What the page needs of every step (counts, picture, fingerprint, governance's blast
+    radius and gates): a row, not a model instance, so a 1,000-step plan loads in a blink."""
+
+    pk: int
+    state: str
+    attempts: int
+    is_manual: bool
+    system: System
+
+
+def _attach_steps(stages: list[Stage], rollback: Rollback) -> None:
+    """``stage.step_list``: a StepSummary per step, in id order. Two queries: the rows, and
+    their systems with their teams."""
+    rows = list(
+        Step.objects.filter(rollback=rollback)
+        .order_by("id")
+        .values_list("pk", "stage_id", "state", "attempts", "is_manual", "system_id")
+    )
+    systems = System.objects.filter(pk__in={row[5] for row in rows}).select_related("team")
+    by_pk = {system.pk: system for system in systems}
+    by_stage: dict[int, list[StepSummary]] = {stage.pk: [] for stage in stages}
+    for pk, stage_id, state, attempts, is_manual, system_id in rows:
+        by_stage[stage_id].append(StepSummary(pk, state, attempts, is_manual, by_pk[system_id]))
+    for stage in stages:
+        stage.step_list = by_stage[stage.pk]
+
+
 def _rollback_context(
-    request: HttpRequest, rollback: Rollback, governance_forms: dict[str, Any] | None = None
+    request: HttpRequest,
+    rollback: Rollback,
+    governance_forms: dict[str, Any] | None = None,
+    *,
+    is_visible: bool = False,
 ) -> dict[str, Any]:
     """Everything the rollback page shows, in a fixed number of queries however many steps.
 
+    Every step is summarised (the counts, the picture, the governance panels); only the
+    steps of one page (``STEP_PAGE``) are loaded and shown in full, with their attempts, so
+    that a 1,000-step rollback renders about as fast as a 50-step one.
     ``governance_forms``: bound governance forms whose errors the page shows (a 400 answer).
+    ``is_visible``: the caller has just fetched the rollback through ``visible_to`` for this
+    user, so whether they may act on it is their role alone (four queries fewer per poll).
     """
     gov_page = _governance_page()
     related = gov_page.ROLLBACK_RELATED if gov_page else ()
     rollback = Rollback.objects.select_related(
         "run", "requested_by", "dependency_map", *related
     ).get(pk=rollback.pk)
-    steps = Step.objects.select_related("system__team", "forward_action").prefetch_related(
-        Prefetch("attempt_set", queryset=Attempt.objects.order_by("number"), to_attr="attempt_list")
-    )
-    stages = list(
-        Stage.objects.filter(rollback=rollback)
-        .order_by("index")
-        .prefetch_related(Prefetch("steps", queryset=steps.order_by("id"), to_attr="step_list"))
-    )
+    stages = list(Stage.objects.filter(rollback=rollback).order_by("index"))
+    _attach_steps(stages, rollback)
+    step_count = sum(len(stage.step_list) for stage in stages)
+    pages = _step_pages(_step_page_number(request), step_count, stages)
+    in_order = [step.pk for stage in stages for step in stage.step_list]
+    shown_ids = in_order[pages["start"] : pages["start"] + STEP_PAGE]
+    shown = {
+        step.pk: step
+        for step in Step.objects.filter(pk__in=shown_ids)
+        .select_related("system__team", "forward_action")
+        .prefetch_related(
+            Prefetch(
+                "attempt_set", queryset=Attempt.objects.order_by("number"), to_attr="attempt_list"
+            )
+        )
+    }
     for stage in stages:
-        for step in stage.step_list:
+        stage.page_steps = [shown[step.pk] for step in stage.step_list if step.pk in shown]
+        stage.state_counts = [
+            (state, n, S(state).label)
+            for state, n in sorted(Counter(step.state for step in stage.step_list).items())
+        ]
+        for step in stage.page_steps:
             step.spec_rows = _spec_rows(step.spec)
             step.output_text = _compact(step.output)
             for attempt in step.attempt_list:
                 attempt.output_text = _compact(attempt.output)
-    can_act = access.can_operate(request.user, rollback)
+    if is_visible:
+        can_act = access.has_role(request.user, *access.OPERATOR_ROLES)
+    else:
+        can_act = access.can_operate(request.user, rollback)
+    picture, plan_nodes = diagram.plan_picture(
+        [[(step.system.slug, step.state) for step in stage.step_list] for stage in stages],
+        services.map_edges(rollback.dependency_map),
+    )
     gov = (
         gov_page.page_context(rollback, request.user, stages, governance_forms) if gov_page else {}
+    )
+    fingerprint = _fingerprint(
+        rollback, stages, can_act, gov.get("fingerprint", ""), pages["number"]
     )
     return {
         "rollback": rollback,
         "stages": stages,
+        "picture": picture,
+        "plan_nodes": plan_nodes,
         "gov": gov,
-        "fingerprint": _fingerprint(rollback, stages, can_act, gov.get("fingerprint", "")),
+        "fingerprint": fingerprint,
         # An abort lets steps in flight finish: keep watching until they have.
         "is_live": not rollback.is_terminal
         or any(step.state == S.RUNNING for stage in stages for step in stage.step_list),
-        "step_count": sum(len(stage.step_list) for stage in stages),
+        "step_count": step_count,
+        "step_pages": pages,
         "can_act": can_act,
         "outcome": engine.rollback_outcome(rollback) if rollback.is_terminal else None,
         "skippable": (S.FAILED, S.PENDING, S.RETRY_WAIT, S.WAITING_HUMAN),
@@ -289,14 +408,20 @@ def _rollback_context(
 def rollback_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The rollback page; htmx polls get only its ``rollback-status`` fragment."""
     rollback = access.get_rollback_for_user(request.user, pk)
-    context = _rollback_context(request, rollback)
+    context = _rollback_context(request, rollback, is_visible=True)
     if request.htmx and request.GET.get("v") == context["fingerprint"]:
         # Nothing changed since the last poll: 204 swaps nothing, so the operator's focus,
         # open <details> and screen-reader position survive, and polling goes on.
         response = HttpResponse(status=204)
+    elif request.htmx:
+        response = render(request, DETAIL + "#rollback-status", context)
     else:
-        template = DETAIL + "#rollback-status" if request.htmx else DETAIL
-        response = render(request, template, context)
+        if tl_page := _timeline_page():
+            systems = sorted({s.system.slug for st in context["stages"] for s in st.step_list})
+            context["tl"] = tl_page.page_context(
+                request, context["rollback"], systems, is_live=context["is_live"]
+            )
+        response = render(request, DETAIL, context)
     patch_vary_headers(response, ("HX-Request",))  # the page and its fragment share a URL
     return response
 

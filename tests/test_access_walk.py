@@ -211,6 +211,12 @@ PAGES = [
         lambda o: f"/reconcile/rollbacks/{o['rollback'].pk}/follow-up",
         {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
     ),
+    (
+        "rollbacks/<int:pk>/timeline",
+        "get",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/timeline?after=0.alert.0",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
     ("ledger/", "get", lambda o: "/ledger/", AUDITORS),
     ("ledger/<int:pk>/", "get", lambda o: f"/ledger/{o['entry'].pk}/", AUDITORS),
     # The dashboard (docs/dashboard.md): everyone has an overview and metrics of what they see.
@@ -302,6 +308,8 @@ OTHER_ROUTES = {
     "ledger/exports/<uuid:pk>/": "test_ledger_routes",
     "ledger/exports/<uuid:pk>/file": "test_ledger_routes",
     "ledger/exports/<uuid:pk>/manifest.json": "test_ledger_routes",
+    # An endless stream: tests/timeline/test_stream.py reads its first events per role.
+    "rollbacks/<int:pk>/timeline/stream": "test_the_stream_answers_each_role_as_expected",
     "reconcile/rollbacks/<int:pk>/findings/<int:finding_id>/dismiss": "test_reconcile_dismiss",
 }
 
@@ -411,6 +419,7 @@ API_ROUTES = {
     "api/v1/rollbacks/<id>/steps/<step_id>/<action>",
     "api/v1/estate",
     "api/v1/alerts/alertmanager",
+    "api/v1/events",
     "api/v1/ledger/export",
     "api/v1/runbooks/<slug>/instantiate",
 }
@@ -543,6 +552,19 @@ def test_api_answers_each_role_as_expected(client, world, settings):
             "/api/v1/runbooks/foreign-runbook/instantiate",
             {"params": {}, "reason": "r"},
             {"anon": 401, "alice": 404, "bob": 404, "carol": 403, "dave": 201, "mallory": 404},
+        ),
+        (
+            "post",
+            "/api/v1/events",
+            {"kind": "deploy", "source": "ci", "title": "t", "rollback": own["rollback"].pk},
+            # Events come from operator or admin accounts; the rollback must be visible.
+            {"anon": 401, "alice": 201, "bob": 403, "carol": 403, "dave": 201, "mallory": 403},
+        ),
+        (
+            "post",
+            "/api/v1/events",
+            {"kind": "deploy", "source": "ci", "title": "t", "rollback": foreign["rollback"].pk},
+            {"anon": 401, "alice": 400, "bob": 403, "carol": 403, "dave": 201, "mallory": 403},
         ),
     ]
     problems = []
