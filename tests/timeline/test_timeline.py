@@ -245,14 +245,15 @@ def test_outsiders_get_404_from_the_fragment(client, estate, mallory):
     assert client.get(url).status_code == 404
 
 
-# Pinned. The fragment: session, user, the rollback through visible_to (the user's auditor
-# group, own and lent team groups, then the rollback), and ONE timeline query. The page:
-# session, user, visible_to (four), the rollback with its joins, stages, every step as a
+# Pinned. The fragment: session, user, the rollback through visible_to (the auditor check,
+# then the rollback filtered by guardian's object permissions), and ONE timeline query. The page:
+# session, user, visible_to (the auditor check, then the rollback filtered by guardian's
+# object permissions as subqueries), the rollback with its joins, stages, every step as a
 # row, their systems, the shown steps, their attempts, the operator role, governance's
 # part, and ONE timeline query (a published dependency map adds one for its edges).
 # Neither grows with the steps of the rollback or the size of the ledger.
-FRAGMENT_QUERIES = 7
-PAGE_QUERIES = 14
+FRAGMENT_QUERIES = 5
+PAGE_QUERIES = 13
 
 
 @pytest.mark.parametrize("steps_per_system", [1, 30])
