@@ -32,7 +32,7 @@ def test_operator_works_the_findings_in_the_browser(
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill("pw-alice")
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{live_server.url}/systems/")
+    page.wait_for_url(f"{live_server.url}/")
     page.goto(f"{live_server.url}/rollbacks/{rollback.pk}/")
     table = page.locator("#reconcile-findings")
     table.wait_for()  # loaded by htmx after the page

@@ -4,6 +4,7 @@ it): the first event carries what was recorded after the cursor; outsiders get n
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -33,6 +34,13 @@ async def _first_chunks(client: AsyncClient, url: str, n: int = 2) -> tuple[int,
     return response.status_code, "".join(chunks)
 
 
+def run_async(coroutine):
+    """Run ``coroutine`` to its end in a thread of its own: Playwright's sync API (the browser
+    tests, in the same pytest process) keeps an event loop running in the main thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_the_stream_answers_each_role_as_expected(estate, alice, carol, mallory, monkeypatch):  # noqa: F811
     monkeypatch.setattr(views, "STREAM_SECONDS", 3)
     now = timezone.now()
@@ -52,12 +60,12 @@ def test_the_stream_answers_each_role_as_expected(estate, alice, carol, mallory,
             await sync_to_async(client.force_login)(user)
         return await _first_chunks(client, url)
 
-    status, body = asyncio.run(as_user(alice))
+    status, body = run_async(as_user(alice))
     assert status == 200 and body.startswith("retry: 1000")
     assert "event: timeline" in body and "streamed deploy" in body and "\nid: " in body
-    assert asyncio.run(as_user(carol))[0] == 200  # auditors read everything
-    assert asyncio.run(as_user(mallory))[0] == 404
-    assert asyncio.run(as_user(None))[0] == 302  # to the login page
+    assert run_async(as_user(carol))[0] == 200  # auditors read everything
+    assert run_async(as_user(mallory))[0] == 404
+    assert run_async(as_user(None))[0] == 302  # to the login page
     bad = f"/rollbacks/{estate.pk}/timeline/stream?after=nonsense"
 
     async def bad_cursor():
@@ -67,4 +75,4 @@ def test_the_stream_answers_each_role_as_expected(estate, alice, carol, mallory,
         await sync_to_async(connections.close_all)()
         return status
 
-    assert asyncio.run(bad_cursor()) == 400
+    assert run_async(bad_cursor()) == 400
