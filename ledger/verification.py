@@ -15,12 +15,18 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connections, router, transaction
-from django.db.models import Sum
-from django.db.models.expressions import RawSQL
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from ledger import db, signing
-from ledger.canonical import FIELDS, GENESIS, canonical, entry_hash, pg_canonical_sql
+from ledger.canonical import (
+    FIELDS,
+    GENESIS,
+    CanonicalError,
+    canonical,
+    entry_hash,
+    pg_canonical_sql,
+)
 from ledger.checkpoints import replay
 from ledger.models import ChainHead, Checkpoint, Entry, Outcome, Verification
 
@@ -113,7 +119,11 @@ def _recheck_in_python(alias: str, result: VerifyResult) -> None:
             row["id"]: row for row in Entry.objects.using(alias).filter(pk__in=ids).values(*FIELDS)
         }
         for entry_id, chain, seq, digest in batch:
-            if entry_hash(rows[entry_id]) == digest:
+            try:
+                matches = entry_hash(rows[entry_id]) == digest
+            except CanonicalError:
+                matches = False  # a column emptied or of the wrong type
+            if matches:
                 result.python_checked += 1
                 continue
             result.add(
@@ -142,49 +152,89 @@ def _pages(rows, size: int = CHUNK):
 
 def _hash_ok_sql() -> str:
     """Whether SHA-256 of the row's canonical text, rendered by PostgreSQL, is its stored
-    ``hash``: true, false, or NULL when a column is NULL. Rendering and hashing run in the
-    fetching connections, in parallel, and only a boolean crosses to Python, whose single
-    thread would otherwise hash every row."""
+    ``hash``: true, false, or NULL when a column is NULL."""
     text = pg_canonical_sql(exact=False)
     return (
         f"encode(pg_catalog.sha256(convert_to({text}, 'UTF8')), 'hex') = \"ledger_entry\".\"hash\""
     )
 
 
-def _stream_fast(alias: str):
-    """Pages of (id, chain, seq, prev_hash, hash, hash ok) in id order, rendered and hashed
-    by PostgreSQL, through a server-side cursor in the current transaction."""
-    rows = (
-        Entry.objects.using(alias)
-        .order_by("id")
-        .annotate(_ok=RawSQL(_hash_ok_sql(), ()))
-        .values_list("id", "chain", "seq", "prev_hash", "hash", "_ok")
-        .iterator(chunk_size=CHUNK)
+def _walk_sql(low: bool, high: bool) -> str:
+    """The whole walk of step 2 as one query over the chains of one share (``chain`` from
+    ``%(low)s`` up to, not including, ``%(high)s``; the first share also takes a NULL chain).
+
+    A window over each chain in seq order gives every row its predecessor (``lag``), so
+    PostgreSQL checks the hash, the seq and the link of every row where it reads them, and
+    returns only the rows that fail one of them, plus each chain's last row (with its
+    position in the chain: the chain's entry count). The order is that of the unique
+    (chain, seq) index, which PostgreSQL reads without sorting."""
+    where = []
+    if low:
+        where.append('"chain" >= %(low)s')
+    if high:
+        where.append('("chain" < %(high)s OR "chain" IS NULL)' if not low else '"chain" < %(high)s')
+    condition = f"WHERE {' AND '.join(where)}" if where else ""
+    return f"""
+        SELECT id, chain, seq, prev_hash, hash, hash_ok, prev_seq, prev_digest, is_last, position
+        FROM (
+            SELECT id, chain, seq, prev_hash, hash, {_hash_ok_sql()} AS hash_ok,
+                   lag(seq) OVER w AS prev_seq, lag(hash) OVER w AS prev_digest,
+                   lead(id) OVER w IS NULL AS is_last, row_number() OVER w AS position
+            FROM ledger_entry {condition}
+            WINDOW w AS (PARTITION BY chain ORDER BY seq, id)
+        ) AS walked
+        WHERE is_last OR hash_ok IS NOT TRUE
+           OR seq IS DISTINCT FROM coalesce(prev_seq, 0) + 1
+           OR prev_hash IS DISTINCT FROM coalesce(prev_digest, '{GENESIS}')
+    """
+
+
+def _shares(alias: str, workers: int) -> list[tuple[str | None, str | None]]:
+    """``workers`` contiguous ranges of chain names with about as many entries each (by the
+    chain heads, in the database's order of ``chain``). The first range has no lower bound
+    and the last no upper one, so every row falls in exactly one range whatever the heads
+    say: they only balance the work."""
+    heads = list(
+        ChainHead.objects.using(alias).order_by("chain").values_list("chain", "seq").iterator()
     )
-    return _pages(rows)
+    total = sum(seq for _, seq in heads)
+    bounds: list[str] = []
+    running = 0
+    for chain, seq in heads:
+        # ``chain`` starts the next share once the ones before it hold their part.
+        if len(bounds) < workers - 1 and running >= total * (len(bounds) + 1) / workers:
+            bounds.append(chain)
+        running += seq
+    edges: list[str | None] = [None, *bounds, None]
+    return list(zip(edges, edges[1:], strict=False))
 
 
 _SNAPSHOT = re.compile(r"^[0-9A-F]+-[0-9A-F]+-[0-9]+$")
 
 
-def _stream_parallel(alias: str, workers: int, snapshot: str):
-    """The same rows from ``workers`` connections at once, each in the snapshot of the
-    verification and each for the chains of its share (``hashtext(chain)``), so that
-    PostgreSQL renders on several cores while this thread hashes. Rows of one chain come
-    from one connection in id order, which is all the walk needs.
+def _walk_in_database(alias: str, workers: int, snapshot: str | None):
+    """Pages of the rows ``_walk_sql`` returns, from ``workers`` connections at once, each
+    in the snapshot of the verification and each for one share of the chains, so that
+    PostgreSQL checks on several cores; with one worker (or no snapshot to share), from the
+    verification's own connection.
 
     1. Each fetcher thread opens its own connection, joins the snapshot
        (``SET TRANSACTION SNAPSHOT``) and pages through a server-side cursor.
-    2. Pages go through a small queue (memory stays bounded), then to the walk.
+    2. Pages go through a small queue (memory stays bounded), then to the checks.
     """
+    if workers <= 1 or snapshot is None:
+        with connections[alias].cursor() as cursor:
+            raw = cursor.connection
+            with raw.cursor(name="ledger_verify", binary=True) as rows:
+                rows.execute(_walk_sql(False, False), {})
+                while page := rows.fetchmany(CHUNK):
+                    yield page
+        return
     if not _SNAPSHOT.match(snapshot):
         raise ValueError(f"unexpected snapshot id {snapshot!r}")
-    pages: queue.Queue = queue.Queue(maxsize=2 * workers)
+    shares = _shares(alias, workers)
+    pages: queue.Queue = queue.Queue(maxsize=2 * len(shares))
     stop = threading.Event()
-    sql = (
-        f"SELECT id, chain, seq, prev_hash, hash, {_hash_ok_sql()} FROM ledger_entry "
-        "WHERE (hashtext(chain) & 2147483647) %% %s = %s ORDER BY id"
-    )
 
     def put(item) -> None:
         while not stop.is_set():
@@ -194,7 +244,7 @@ def _stream_parallel(alias: str, workers: int, snapshot: str):
             except queue.Full:
                 continue
 
-    def fetch(share: int) -> None:
+    def fetch(share: int, low: str | None, high: str | None) -> None:
         connection = connections[alias]
         try:
             with transaction.atomic(using=alias), connection.cursor() as cursor:
@@ -202,21 +252,26 @@ def _stream_parallel(alias: str, workers: int, snapshot: str):
                 cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
                 raw = connection.connection
                 with raw.cursor(name=f"ledger_verify_{share}", binary=True) as rows:
-                    rows.execute(sql, [workers, share])
+                    rows.execute(
+                        _walk_sql(low is not None, high is not None), {"low": low, "high": high}
+                    )
                     while not stop.is_set() and (page := rows.fetchmany(CHUNK)):
                         put(page)
-        except BaseException as exc:  # handed to the walk, which raises it
+        except BaseException as exc:  # handed to the checks, which raise it
             put(exc)
         finally:
             put(None)
             connection.close()
 
-    threads = [threading.Thread(target=fetch, args=(k,), daemon=True) for k in range(workers)]
+    threads = [
+        threading.Thread(target=fetch, args=(k, low, high), daemon=True)
+        for k, (low, high) in enumerate(shares)
+    ]
     for thread in threads:
         thread.start()
     try:
         finished = 0
-        while finished < workers:
+        while finished < len(threads):
             page = pages.get()
             if page is None:
                 finished += 1
@@ -230,24 +285,40 @@ def _stream_parallel(alias: str, workers: int, snapshot: str):
             thread.join(timeout=30)
 
 
-def _stream_python(alias: str):
-    """The same pages, with the canonical text rendered and hashed in Python (any database)."""
+def _walk_in_python(alias: str):
+    """The same rows, for any database: every entry in the order of the walk, its canonical
+    text rendered and hashed in Python, each with its predecessor in its chain."""
     names = ("hash", *FIELDS)
-    rows = Entry.objects.using(alias).order_by("id").values_list(*names).iterator(chunk_size=CHUNK)
+    rows = (
+        Entry.objects.using(alias)
+        .order_by("chain", "seq", "id")
+        .values_list(*names)
+        .iterator(chunk_size=CHUNK)
+    )
 
-    def rendered():
+    def walked():
+        previous = None  # the row before, with its predecessor's seq and hash and position
         for row in rows:
             values = dict(zip(names, row, strict=True))
-            yield (
-                values["id"],
-                values["chain"],
-                values["seq"],
-                values["prev_hash"],
-                values["hash"],
-                sha256(canonical(values).encode()).hexdigest() == values["hash"],
-            )
+            try:
+                hash_ok = sha256(canonical(values).encode()).hexdigest() == values["hash"]
+            except CanonicalError:
+                hash_ok = None
+            current = [values["id"], values["chain"], values["seq"], values["prev_hash"]]
+            current += [values["hash"], hash_ok]
+            if previous is not None and previous[1] == values["chain"]:
+                current += [previous[2], previous[4], False, previous[9] + 1]
+            else:
+                current += [None, None, False, 1]
+            if previous is not None:
+                previous[8] = previous[1] != values["chain"]
+                yield tuple(previous)
+            previous = current
+        if previous is not None:
+            previous[8] = True
+            yield tuple(previous)
 
-    return _pages(rendered())
+    return _pages(walked())
 
 
 def verify(
@@ -257,13 +328,14 @@ def verify(
 
     1. Replay the checkpoints: each one's hash, its link to the previous one, its Ed25519
        signature by a trusted key and its counts; collect every chain head they recorded.
-    2. Stream the entries in id order (ids grow with seq inside a chain) and check, per
-       chain, that seq is the next one, that prev_hash is the previous entry's hash and that
-       hash is SHA-256 of the canonical form. On PostgreSQL the database renders the
-       canonical text (``fast``), from ``workers`` connections when the ledger is large; rows
-       whose text does not hash right are re-checked from their columns in Python.
-    3. Check that each entry a checkpoint recorded is still there with that hash, and that
-       the chain heads agree with the last entry of each chain.
+    2. Walk every chain in seq order and check that each entry's seq is the next one, that
+       its prev_hash is the previous entry's hash and that its hash is SHA-256 of its
+       canonical form. On PostgreSQL (``fast``) the database does the whole walk, from
+       ``workers`` connections when the ledger is large, and returns only the rows that
+       fail and each chain's last row; rows whose text does not hash right are re-checked
+       from their columns in Python.
+    3. Check that the entries the checkpoints recorded are still there with those hashes,
+       and that the chain heads agree with the last entry of each chain.
     4. Warn when an append-only trigger is missing or disabled.
 
     Runs in one REPEATABLE READ snapshot on PostgreSQL (shared by the fetching
@@ -294,15 +366,11 @@ def verify(
             workers = getattr(settings, "LEDGER_VERIFY_WORKERS", 2)
             size = ChainHead.objects.using(alias).aggregate(n=Sum("seq"))["n"] or 0
             workers = workers if size >= PARALLEL_FROM else 1
-        if fast and snapshot and workers > 1:
-            pages = _stream_parallel(alias, workers, snapshot)
-        elif fast:
-            pages = _stream_fast(alias)
-        else:
-            pages = _stream_python(alias)
-        heads = _walk(state.anchors, pages, result)
+        rows = _walk_in_database(alias, workers, snapshot) if fast else _walk_in_python(alias)
+        heads, troubled = _check(rows, result)
         _recheck_in_python(alias, result)
         result.chains = len(heads)
+        _check_anchors(alias, state.anchors, troubled, result)
         _check_missing(state.anchors, heads, result)
         _check_heads(alias, heads, result)
     result._trim()
@@ -316,24 +384,31 @@ def verify(
     return result
 
 
-def _walk(anchors, pages, result: VerifyResult) -> dict[str, tuple[int, str, int]]:
-    """The tight loop of step 2. Returns chain -> (last seq, last hash, last id); rows whose
-    text does not hash right wait in ``result.suspects`` for ``_recheck_in_python``."""
-    heads: dict[str, tuple[int, str, int]] = {}
+Heads = dict[str, tuple[int, str, int]]
+
+
+def _check(pages, result: VerifyResult) -> tuple[Heads, set[str]]:
+    """Step 2 on the walked rows (each with its predecessor in its chain: ``_walk_sql``).
+    Returns chain -> (last seq, last hash, last id) and the chains with a problem; rows
+    whose text does not hash right wait in ``result.suspects`` for ``_recheck_in_python``."""
+    heads: Heads = {}
+    troubled: set[str] = set()
     suspects = result.suspects
-    count = 0
+    entries = 0
     for page in pages:
-        count += len(page)
-        for entry_id, chain, seq, prev_hash, digest, hash_ok in page:
-            head = heads.get(chain)
-            if head is None:
-                want_seq, want_prev = 1, GENESIS
-            else:
-                want_seq, want_prev = head[0] + 1, head[1]
+        for row in page:
+            entry_id, chain, seq, prev_hash, digest, hash_ok, prev_seq, prev_digest = row[:8]
+            is_last, position = row[8], row[9]
+            if is_last:
+                heads[chain] = (seq, digest, entry_id)
+                entries += position
             if hash_ok is not True:
                 suspects.append((entry_id, chain, seq, digest))
+                troubled.add(chain)
+            want_seq = (prev_seq or 0) + 1
+            want_prev = GENESIS if prev_digest is None else prev_digest
             if seq != want_seq:
-                if seq > want_seq:
+                if seq is not None and seq > want_seq:
                     gone = f"{want_seq}" if seq == want_seq + 1 else f"{want_seq}-{seq - 1}"
                     what = (
                         f"expected seq {want_seq}: entry {gone} of this chain is missing (deleted)"
@@ -348,6 +423,7 @@ def _walk(anchors, pages, result: VerifyResult) -> dict[str, tuple[int, str, int
                 result.add(
                     Problem(kind, chain, seq, entry_id, f"{_where(chain, seq, entry_id)}: {what}")
                 )
+                troubled.add(chain)
             elif prev_hash != want_prev:
                 result.add(
                     Problem(
@@ -359,24 +435,88 @@ def _walk(anchors, pages, result: VerifyResult) -> dict[str, tuple[int, str, int
                         f"{want_seq - 1} (an entry before it was replaced)",
                     )
                 )
-            heads[chain] = (seq, digest, entry_id)
-            recorded = anchors.get(chain)
-            if recorded is not None and seq in recorded:
-                expected, checkpoint = recorded.pop(seq)
-                if expected != digest:
-                    result.add(
-                        Problem(
-                            "checkpoint",
-                            chain,
-                            seq,
-                            entry_id,
-                            f"{_where(chain, seq, entry_id)}: checkpoint {checkpoint} recorded "
-                            f"hash {expected[:12]}… for this entry, it now has {digest[:12]}…",
-                            checkpoint,
-                        )
-                    )
-    result.entries = count
-    return heads
+                troubled.add(chain)
+    result.entries = entries
+    return heads, troubled
+
+
+def _anchored_entries(alias: str, pairs: list[tuple[str, int]]):
+    """(chain, seq, id, hash) of the entries at these places, in batches."""
+    for start in range(0, len(pairs), 5_000):
+        batch = pairs[start : start + 5_000]
+        if connections[alias].vendor == "postgresql":
+            with connections[alias].cursor() as cursor:
+                cursor.execute(
+                    "SELECT e.chain, e.seq, e.id, e.hash "
+                    "FROM unnest(%s::text[], %s::bigint[]) AS a(chain, seq) "
+                    "JOIN ledger_entry e ON e.chain = a.chain AND e.seq = a.seq",
+                    [[chain for chain, _ in batch], [seq for _, seq in batch]],
+                )
+                yield from cursor.fetchall()
+        else:
+            for part in range(0, len(batch), 200):
+                places = Q()
+                for chain, seq in batch[part : part + 200]:
+                    places |= Q(chain=chain, seq=seq)
+                yield from (
+                    Entry.objects.using(alias)
+                    .filter(places)
+                    .values_list("chain", "seq", "id", "hash")
+                )
+
+
+def _check_anchors(alias: str, anchors, troubled: set[str], result: VerifyResult) -> None:
+    """Step 3 for the entries the checkpoints recorded (``anchors``: chain -> {seq: (hash,
+    checkpoint)}); those found are taken out of ``anchors``, those left are missing.
+
+    A chain that walked clean is bound by its links to its latest recorded entry: when
+    that one is there with the recorded hash, so are the earlier ones. So only the latest
+    is looked up, except in a chain with a problem or whose latest does not match, where
+    every recorded entry is, to name the first one that changed."""
+    latest = [
+        (chain, max(recorded))
+        for chain, recorded in anchors.items()
+        if recorded and chain not in troubled
+    ]
+    found = _compare_anchors(alias, anchors, latest, result)
+    full = [
+        (chain, seq)
+        for chain, recorded in anchors.items()
+        if recorded and (chain in troubled or found.get(chain) is False)
+        for seq in recorded
+    ]
+    for chain, ok in found.items():
+        if ok:
+            anchors[chain].clear()
+    _compare_anchors(alias, anchors, full, result)
+
+
+def _compare_anchors(alias: str, anchors, places, result: VerifyResult) -> dict[str, bool]:
+    """Look these recorded entries up; those found leave ``anchors``. Returns chain ->
+    whether every one found had its recorded hash and none was missing."""
+    matched = {chain: True for chain, _ in places}
+    for chain, seq, entry_id, digest in _anchored_entries(alias, places):
+        expected, checkpoint = anchors[chain].get(seq, (None, None))
+        if expected is None:
+            continue  # a second entry at one place (duplicated): reported by the walk
+        if expected != digest:
+            matched[chain] = False
+            result.add(
+                Problem(
+                    "checkpoint",
+                    chain,
+                    seq,
+                    entry_id,
+                    f"{_where(chain, seq, entry_id)}: checkpoint {checkpoint} recorded "
+                    f"hash {expected[:12]}… for this entry, it now has {digest[:12]}…",
+                    checkpoint,
+                )
+            )
+        anchors[chain].pop(seq, None)
+    for chain, seq in places:
+        if seq in anchors[chain]:
+            matched[chain] = False
+    return matched
 
 
 def _check_missing(anchors, heads, result: VerifyResult) -> None:
@@ -442,7 +582,7 @@ def _check_heads(alias: str, heads, result: VerifyResult) -> None:
                     f"{digest[:12]}…) does not name this last entry (written around record())",
                 )
             )
-    for chain in sorted(set(heads) - set(recorded)):
+    for chain in sorted(set(heads) - set(recorded), key=str):  # a NULL chain too
         seq, _, entry_id = heads[chain]
         result.add(
             Problem(

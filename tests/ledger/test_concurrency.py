@@ -11,7 +11,7 @@ from django.db import close_old_connections, connection, transaction
 from ledger.checkpoints import checkpoint_take
 from ledger.models import Entry
 from ledger.services import record
-from ledger.verification import verify
+from ledger.verification import _shares, verify
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -121,3 +121,43 @@ def test_parallel_verification_shares_one_snapshot_and_finds_the_first_bad_entry
         cursor.execute("DELETE FROM ledger_chainhead WHERE chain = 'rollback:1'")
     kinds = {p.kind for p in verify(workers=2).problems}
     assert kinds == {"hash", "missing"}
+
+
+def test_the_shares_of_a_parallel_verification_cover_every_row():
+    """The connections split the chains into ranges by the chain heads; rows of chains
+    that sort before or after every head, that have no head, or have no chain at all still
+    fall in one of them (and are reported)."""
+    from .conftest import as_superuser_around_triggers
+
+    assert _run([1, 2, 3, 4, 5, 6]) == []
+    clean = verify(workers=3)
+    assert clean.is_ok and clean.entries == Entry.objects.count()
+    shares = _shares("default", 3)
+    assert len(shares) == 3 and shares[0][0] is None and shares[-1][1] is None
+    for low, high in shares:  # each share holds some of the chains' entries
+        rows = Entry.objects.all()
+        rows = rows.filter(chain__gte=low) if low else rows
+        rows = rows.filter(chain__lt=high) if high else rows
+        assert rows.count() > clean.entries / 6, (low, high)
+    template = Entry.objects.get(chain="rollback:3", seq=1)
+    with transaction.atomic(), as_superuser_around_triggers() as cursor:
+        cursor.execute("ALTER TABLE ledger_entry ALTER COLUMN chain DROP NOT NULL")
+        for chain in ("aaa-first", "zzz-last", None):
+            cursor.execute(
+                "INSERT INTO ledger_entry (chain, seq, prev_hash, hash, at, actor, action, "
+                "subject_type, subject_id, reason, outcome, trace_id, payload) "
+                "SELECT %s, seq, prev_hash, hash, at, actor, action, subject_type, subject_id, "
+                "reason, outcome, trace_id, payload FROM ledger_entry WHERE id = %s "
+                "RETURNING id",
+                [chain, template.pk],
+            )
+    ids = set(Entry.objects.order_by("-pk").values_list("pk", flat=True)[:3])
+    for workers in (1, 2, 3, 4):
+        result = verify(workers=workers)
+        assert result.entries == clean.entries + 3, workers
+        assert {p.id for p in result.problems if p.kind == "hash"} == ids, workers
+        assert {p.chain for p in result.problems if p.kind == "head"} == {
+            "aaa-first",
+            "zzz-last",
+            None,
+        }, workers

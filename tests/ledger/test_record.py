@@ -47,8 +47,9 @@ def test_the_hash_is_sha256_of_the_canonical_form_of_what_the_database_gives_bac
     assert result.python_checked == 0  # the database renders it exactly as Python does
 
 
+@pytest.mark.postgres
 def test_verification_renders_line_breaks_and_tabs_itself_and_rechecks_other_controls(write):
-    """Its cheaper rendering escapes line feed, carriage return and tab as JSON does; a row
+    """PostgreSQL's cheaper rendering escapes line feed, carriage return and tab as JSON does; a row
     with another control character hashes differently there and is verified in Python."""
     write(rollback_id=8, reason="two\r\nlines\tand a tab", actor="user:x\ny")
     assert verify().python_checked == 0

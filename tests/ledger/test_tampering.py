@@ -13,7 +13,7 @@ from django.db import transaction
 from ledger import signing
 from ledger.checkpoints import checkpoint_take
 from ledger.models import Entry, Verification
-from ledger.verification import verify
+from ledger.verification import verify as verify_in_database
 
 from .conftest import as_superuser_around_triggers
 
@@ -22,6 +22,20 @@ pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
 def _entry(chain: str, seq: int) -> Entry:
     return Entry.objects.get(chain=chain, seq=seq)
+
+
+def verify():
+    """``verify()`` as PostgreSQL runs it, checked against the walk in Python (the path of
+    any other database, from the definition of the hash): both find the same problems."""
+    result = verify_in_database()
+    in_python = verify_in_database(fast=False)
+
+    def seen(r):
+        return [(p.kind, p.chain, p.seq, p.id, p.checkpoint, p.message) for p in r.problems]
+
+    assert seen(in_python) == seen(result)
+    assert (in_python.entries, in_python.chains) == (result.entries, result.chains)
+    return result
 
 
 def _first(result):
@@ -180,3 +194,38 @@ def test_verification_runs_in_one_snapshot(ledger_rows, write):
     with transaction.atomic():
         write(rollback_id=1)
         assert verify().is_ok
+
+
+def test_a_chain_rewritten_after_a_checkpoint_is_named_at_the_first_recorded_entry(
+    ledger_rows, write
+):
+    """Every hash re-computed from seq 2 on, links and head consistent: the chain walks
+    clean, but checkpoint 1 recorded seq 3 and checkpoint 2 seq 5 with their old hashes."""
+    from ledger.canonical import GENESIS, entry_hash
+
+    checkpoint_take()
+    write(rollback_id=1)
+    write(rollback_id=1)
+    checkpoint_take()
+    entries = list(Entry.objects.filter(chain="rollback:1").order_by("seq"))
+    with as_superuser_around_triggers() as cursor:
+        previous = GENESIS
+        for entry in entries:
+            fields = entry.hashed_fields() | {"prev_hash": previous}
+            if entry.seq == 2:
+                fields["reason"] = "nothing to see"
+            previous = entry_hash(fields)
+            cursor.execute(
+                "UPDATE ledger_entry SET reason = %s, prev_hash = %s, hash = %s WHERE id = %s",
+                [fields["reason"], fields["prev_hash"], previous, entry.pk],
+            )
+        cursor.execute(
+            "UPDATE ledger_chainhead SET hash = %s WHERE chain = 'rollback:1'", [previous]
+        )
+    result = verify()
+    assert [(p.kind, p.seq, p.checkpoint) for p in result.problems] == [
+        ("checkpoint", 3, 1),
+        ("checkpoint", 5, 2),
+    ]
+    assert result.first_problem.id == entries[2].pk
+    assert "checkpoint 1 recorded hash" in result.first_problem.message
