@@ -223,12 +223,12 @@ def _walk_in_database(alias: str, workers: int, snapshot: str | None):
     2. Pages go through a small queue (memory stays bounded), then to the checks.
     """
     if workers <= 1 or snapshot is None:
-        with connections[alias].cursor() as cursor:
-            raw = cursor.connection
-            with raw.cursor(name="ledger_verify", binary=True) as rows:
-                rows.execute(_walk_sql(False, False), {})
-                while page := rows.fetchmany(CHUNK):
-                    yield page
+        own = connections[alias]
+        own.ensure_connection()
+        with own.connection.cursor(name="ledger_verify", binary=True) as rows:
+            rows.execute(_walk_sql(False, False), {})
+            while page := rows.fetchmany(CHUNK):
+                yield page
         return
     if not _SNAPSHOT.match(snapshot):
         raise ValueError(f"unexpected snapshot id {snapshot!r}")
