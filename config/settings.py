@@ -230,6 +230,8 @@ else:
     # Embedded broker: messages are files under var/broker. Polling at 10 ms moves a few
     # hundred tasks a second between processes; at the default 1 s it crawls.
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem transport, writing each message atomically (config/broker.py).
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"
     for _folder in ("queue", "processed", "control"):
         (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {

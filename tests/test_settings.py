@@ -77,8 +77,12 @@ def test_debug_values_fail_check_deploy():
 
 
 def test_redis_url_selects_the_redis_broker_and_the_default_is_embedded():
-    code = "from django.conf import settings as s; print(s.CELERY_BROKER_URL)"
+    code = (
+        "from config.celery import app; c = app.connection_for_write(); "
+        "print(c.transport_cls, c.hostname, c.virtual_host, type(c.transport).__module__)"
+    )
     embedded = _django({"DEBUG": "1"}, "shell", "-c", code)
     redis = _django({"DEBUG": "1", "REDIS_URL": "redis://127.0.0.1:6379/3"}, "shell", "-c", code)
-    assert embedded.stdout.strip().endswith("filesystem://")
-    assert redis.stdout.strip().endswith("redis://127.0.0.1:6379/3")
+    # The embedded one is kombu's filesystem transport writing messages atomically.
+    assert embedded.stdout.split()[-1] == "config.broker"
+    assert redis.stdout.split()[-4:] == ["redis", "127.0.0.1", "3", "kombu.transport.redis"]
