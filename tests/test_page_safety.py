@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from html.parser import HTMLParser
 
 import pytest
+from django.conf import settings
+from django.contrib.staticfiles import finders
 from django.http import HttpResponse
 
 from tests.test_access_walk import PAGES, ROLES, world  # noqa: F401 (world is a fixture)
@@ -172,3 +175,12 @@ def test_every_reachable_page_is_csp_safe_and_labelled(client, world):  # noqa: 
     problems += [f"/login/: {p}" for p in audit(response)]
     assert checked > 30
     assert not problems, "\n".join(sorted(set(problems)))
+
+
+def test_pages_name_an_icon_that_exists(client):
+    """A page that names no icon makes every browser ask for /favicon.ico: a 404 in the
+    console of every page."""
+    html = client.get("/login/").content.decode()
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', html)
+    assert icon, "the base template names no icon"
+    assert finders.find(icon.group(1).removeprefix(settings.STATIC_URL))
