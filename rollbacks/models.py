@@ -382,7 +382,8 @@ class Rollback(models.Model):
     trigger = models.CharField(
         max_length=10,
         default="manual",
-        help_text="Who asked: manual (browser), api, or alert (a trigger rule).",
+        help_text="Who asked: manual (browser), api, alert (a trigger rule), or runbook (an "
+        "instance of a pre-approved runbook).",
     )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
@@ -396,7 +397,8 @@ class Rollback(models.Model):
         help_text="The map version this plan was made from (pinned).",
     )
     trace_id = models.CharField(max_length=32, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Indexed: the metrics page picks the rollbacks planned in a period.
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     started_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
