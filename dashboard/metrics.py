@@ -7,8 +7,8 @@ counted apart. Definitions are in docs/dashboard.md.
 
 1. ``base`` picks the production rollbacks planned in the period (and touching the chosen
    system); ``drills`` the drills with the same filters.
-2. Latency is requested (planned) → terminal; time to approval is planned → the ledger's
-   ``rollback.approved`` entry; MTTR is the run's failure report → the rollback succeeded.
+2. Latency is requested (planned) → terminal; time to approval is planned → the approval
+   that completed the policies (``Rollback.objects.with_time_to_approval``); MTTR is the run's failure report → the rollback succeeded.
 3. Per-day/week figures group by the day/week the rollback was planned; per-system figures
    count each rollback once for each system it touched (one row per rollback and system).
 """
@@ -36,7 +36,6 @@ from django.db.models import (
 from django.db.models.functions import TruncDay, TruncWeek
 
 from governance.models import BreakGlass
-from ledger.models import Entry
 from rollbacks.models import Rollback, Stage, Step, System
 
 R = Rollback.State
@@ -50,17 +49,6 @@ def _duration(end: str, start: str) -> ExpressionWrapper:
 
 LATENCY = _duration("finished_at", "created_at")
 MTTR = _duration("finished_at", "run__failed_at")
-
-
-def _approved_at() -> Subquery:
-    first = (
-        Entry.objects.filter(rollback_id=OuterRef("pk"), action="rollback.approved")
-        .order_by()
-        .values("rollback_id")
-        .annotate(at=Min("at"))
-        .values("at")
-    )
-    return Subquery(first)
 
 
 def _flagged(rollbacks: QuerySet[Rollback]) -> QuerySet[Rollback]:
@@ -116,25 +104,21 @@ def _summary(rollbacks: QuerySet[Rollback]) -> dict[str, Any]:
     """Counts and mean/max durations of a set of rollbacks, in one query."""
     terminal = Q(state__in=Rollback.TERMINAL, finished_at__isnull=False)
     recovered = Q(state=R.SUCCEEDED, run__failed_at__isnull=False)
-    return (
-        _flagged(rollbacks)
-        .annotate(approved_at=_approved_at())
-        .aggregate(
-            count=Count("pk"),
-            finished=Count("pk", filter=terminal),
-            succeeded=Count("pk", filter=Q(state=R.SUCCEEDED)),
-            failed=Count("pk", filter=Q(state__in=(R.FAILED, R.PARTIALLY_ROLLED_BACK))),
-            aborted=Count("pk", filter=Q(state=R.ABORTED)),
-            near_misses=Count("pk", filter=NEAR_MISS),
-            latency_avg=Avg(LATENCY, filter=terminal),
-            latency_max=Max(LATENCY, filter=terminal),
-            approval_avg=Avg(_duration("approved_at", "created_at")),
-            approval_max=Max(_duration("approved_at", "created_at")),
-            approved=Count("approved_at"),
-            mttr_avg=Avg(MTTR, filter=recovered),
-            mttr_max=Max(MTTR, filter=recovered),
-            recovered=Count("pk", filter=recovered),
-        )
+    return _flagged(rollbacks.with_time_to_approval()).aggregate(
+        count=Count("pk"),
+        finished=Count("pk", filter=terminal),
+        succeeded=Count("pk", filter=Q(state=R.SUCCEEDED)),
+        failed=Count("pk", filter=Q(state__in=(R.FAILED, R.PARTIALLY_ROLLED_BACK))),
+        aborted=Count("pk", filter=Q(state=R.ABORTED)),
+        near_misses=Count("pk", filter=NEAR_MISS),
+        latency_avg=Avg(LATENCY, filter=terminal),
+        latency_max=Max(LATENCY, filter=terminal),
+        approval_avg=Avg("time_to_approval"),
+        approval_max=Max("time_to_approval"),
+        approved=Count("approved_at"),
+        mttr_avg=Avg(MTTR, filter=recovered),
+        mttr_max=Max(MTTR, filter=recovered),
+        recovered=Count("pk", filter=recovered),
     )
 
 
@@ -142,8 +126,8 @@ def _over_time(rollbacks: QuerySet[Rollback], bucket: str) -> list[dict[str, Any
     terminal = Q(state__in=Rollback.TERMINAL, finished_at__isnull=False)
     recovered = Q(state=R.SUCCEEDED, run__failed_at__isnull=False)
     rows = (
-        _flagged(rollbacks)
-        .annotate(period=TRUNC[bucket]("created_at"), approved_at=_approved_at())
+        _flagged(rollbacks.with_time_to_approval())
+        .annotate(period=TRUNC[bucket]("created_at"))
         .order_by()
         .values("period")
         .annotate(
@@ -151,7 +135,7 @@ def _over_time(rollbacks: QuerySet[Rollback], bucket: str) -> list[dict[str, Any
             failed=Count("pk", filter=Q(state__in=(R.FAILED, R.PARTIALLY_ROLLED_BACK))),
             near_misses=Count("pk", filter=NEAR_MISS),
             latency_avg=Avg(LATENCY, filter=terminal),
-            approval_avg=Avg(_duration("approved_at", "created_at")),
+            approval_avg=Avg("time_to_approval"),
             mttr_avg=Avg(MTTR, filter=recovered),
         )
         .order_by("period")

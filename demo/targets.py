@@ -4,7 +4,9 @@ estate's services (health checks, undo endpoints, an Unleash-style flag admin AP
 Every effect is recorded once per ``Idempotency-Key``: a repeated call with the same key is
 answered with the first answer and changes nothing (what a well-behaved target does).
 ``GET /_effects`` lists the effects; ``POST /_fail/<path>`` makes a path answer 500
-(transient) or 409 (permanent) from then on, for failure drills.
+(transient) or 409 (permanent) from then on, for failure drills. A flag's environment
+(``GET /flags/api/admin/projects/<p>/features/<f>/environments/<e>``, as Unleash answers it)
+is enabled until it is turned off here: the demo's reconciliation checks read it.
 
 Run: ``python -m demo.targets --port 9100``.
 """
@@ -33,6 +35,9 @@ class TargetState:
 
 FLAG_OFF = re.compile(
     r"^/flags/api/admin/projects/([^/]+)/features/([^/]+)/environments/([^/]+)/off$"
+)
+FLAG_STATE = re.compile(
+    r"^/flags/api/admin/projects/([^/]+)/features/([^/]+)/environments/([^/]+)$"
 )
 
 
@@ -67,6 +72,18 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.endswith("/health"):
             status = state.failures.get(self.path)
             return self._send(status or 200, {"status": "down" if status else "ok"})
+        flag = FLAG_STATE.match(self.path)
+        if (
+            flag
+        ):  # Unleash's feature environment: on until turned off here (the demo run enabled it)
+            with state.lock:
+                is_off = any(
+                    e.get("flag", {}).get("project") == flag[1]
+                    and e["flag"]["feature"] == flag[2]
+                    and e["flag"]["environment"] == flag[3]
+                    for e in state.effects
+                )
+            return self._send(200, {"name": flag[3], "featureName": flag[2], "enabled": not is_off})
         return self._send(200, {"path": self.path})
 
     def do_POST(self) -> None:

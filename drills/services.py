@@ -13,7 +13,7 @@ from django.db import transaction
 
 import ledger.services as ledger
 from drills.models import MAX_SLOW_S, MAX_TIMES, Fault
-from rollbacks.engine import _require_operator as require_operator
+from rollbacks import access
 from rollbacks.models import Rollback, Step
 
 R = Rollback.State
@@ -116,7 +116,7 @@ def fault_add(
     seconds: float = 0,
 ) -> Fault:
     """Add one fault to a drill that has not started."""
-    require_operator(actor, rollback, "drill.fault.add")
+    access.require_operator(actor, rollback, "drill.fault.add")
     spec = {"kind": kind, "times": times, "permanent": permanent, "seconds": seconds}
     errors = fault_errors(spec)
     if errors:
@@ -134,7 +134,7 @@ def fault_add(
 def fault_remove(*, fault: Fault, actor: Any) -> None:
     """Take a fault off a drill that has not started."""
     rollback = fault.rollback
-    require_operator(actor, rollback, "drill.fault.remove")
+    access.require_operator(actor, rollback, "drill.fault.remove")
     with transaction.atomic():
         rollback = Rollback.objects.select_for_update().get(pk=rollback.pk)
         _require_editable(rollback)

@@ -32,7 +32,7 @@ def _service_error(exc: ValidationError) -> str:
 def fault_add(request: HttpRequest, pk: int) -> HttpResponse:
     """Add a fault to one step of a drill that has not started."""
     rollback = access.get_rollback_for_user(request.user, pk)
-    services.require_operator(request.user, rollback, "drill.fault.add")
+    access.require_operator(request.user, rollback, "drill.fault.add")
     steps = rollback.steps.filter(is_manual=False).select_related("system", "forward_action")
     form = FaultForm(request.POST, steps=steps)
     if not form.is_valid():
@@ -67,7 +67,7 @@ def fault_add(request: HttpRequest, pk: int) -> HttpResponse:
 def fault_remove(request: HttpRequest, pk: int, fault_id: int) -> HttpResponse:
     """Take a fault off a drill that has not started."""
     rollback = access.get_rollback_for_user(request.user, pk)
-    services.require_operator(request.user, rollback, "drill.fault.remove")
+    access.require_operator(request.user, rollback, "drill.fault.remove")
     fault = get_object_or_404(
         Fault.objects.select_related("rollback", "step"), pk=fault_id, rollback=rollback
     )

@@ -447,6 +447,7 @@ def _match_one(
                 "rollback": result.rollback.pk if result.rollback else None,
                 "fingerprint": alert.fingerprint,
                 "started": result.started,
+                "is_drill": bool(result.rollback and result.rollback.is_drill),
             },
         )
     return result.outcome

@@ -30,7 +30,7 @@ def submit(rollback: Rollback, actor: Any) -> tuple[bool, str]:
         rollback_id=rollback.pk,
         trace_id=rollback.trace_id,
         reason=why,
-        payload=req.as_dict(),
+        payload=req.as_dict() | {"is_drill": rollback.is_drill},
     )
     return req.approvals > 0, why
 
@@ -64,7 +64,12 @@ def resubmit(rollback: Rollback, actor: Any) -> tuple[bool, str]:
         rollback_id=rollback.pk,
         trace_id=rollback.trace_id,
         reason=why,
-        payload=req.as_dict() | {"resubmitted": True, "superseded_approvals": superseded},
+        payload=req.as_dict()
+        | {
+            "resubmitted": True,
+            "superseded_approvals": superseded,
+            "is_drill": rollback.is_drill,
+        },
     )
     return req.approvals > 0, why
 
@@ -130,5 +135,6 @@ def stage_is_open(rollback: Rollback, stage: Stage) -> bool:
             rollback_id=rollback.pk,
             trace_id=rollback.trace_id,
             reason=f"stage {stage.index} touches tier {'/'.join(map(str, sorted(tiers & set(req.gate_tiers))))}",
+            payload={"is_drill": rollback.is_drill},
         )
     return gate.opened_at is not None

@@ -303,6 +303,7 @@ def _record(
             "channel": channel,
             "subject_key": esc.subject_key,
             "subject": esc.subject,
+            "is_drill": esc.rollback.is_drill,
             **detail,
         },
     )

@@ -143,6 +143,7 @@ def rollback_approve(
                 "approval": approval.pk,
                 "attestations": approval.attestations,
                 "expires_at": approval.expires_at.isoformat() if approval.expires_at else None,
+                "is_drill": rollback.is_drill,
             },
         )
         if not approval_shortfall(rollback, req):
@@ -202,7 +203,7 @@ def approval_revoke(*, approval: Approval, actor: Any, reason: str) -> Approval:
             rollback_id=rollback.pk,
             trace_id=rollback.trace_id,
             reason=reason,
-            payload={"approval": approval.pk},
+            payload={"approval": approval.pk, "is_drill": rollback.is_drill},
         )
         shortfall = approval_shortfall(rollback, requirements(rollback))
         if rollback.state == Rollback.State.APPROVED and shortfall:
@@ -239,7 +240,7 @@ def gate_open(*, rollback: Rollback, stage_index: int, actor: Any, comment: str)
             rollback_id=locked.pk,
             trace_id=locked.trace_id,
             reason=comment,
-            payload={"stage": stage_index},
+            payload={"stage": stage_index, "is_drill": locked.is_drill},
         )
         engine.advance(locked)
     return StageGate.objects.get(rollback=rollback, stage_index=stage_index)
@@ -282,6 +283,7 @@ def rollback_break_glass(*, rollback: Rollback, actor: Any, reason: str) -> Roll
             trace_id=locked.trace_id,
             reason=reason,
             outcome="ok",
+            payload={"is_drill": locked.is_drill},
         )
         engine.rollback_release(rollback=locked, actor=actor, reason=f"break-glass: {reason}")
     return engine.rollback_start(rollback=locked, actor=actor)
@@ -321,7 +323,7 @@ def break_glass_review(*, rollback: Rollback, reviewer: Any, comment: str) -> Br
             rollback_id=rollback.pk,
             trace_id=rollback.trace_id,
             reason=comment,
-            payload={"reviews": bg.reviews.count()},
+            payload={"reviews": bg.reviews.count(), "is_drill": rollback.is_drill},
         )
     return review
 

@@ -68,14 +68,12 @@ def on_rollback_ended(sender: Any, rollback: Rollback, actor: Any, **_: Any) -> 
 
 def request_reconciliation(*, rollback: Rollback, actor: Any) -> Reconciliation:
     """An operator re-runs the checks of a finished rollback."""
-    if not access.can_operate(actor, rollback):
-        access.refuse(
-            actor=actor,
-            action="reconcile.request",
-            subject=rollback,
-            rollback_id=rollback.pk,
-            why="only an operator of the rollback's teams may re-run reconciliation",
-        )
+    access.require_operator(
+        actor,
+        rollback,
+        "reconcile.request",
+        why="only an operator of the rollback's teams may re-run reconciliation",
+    )
     with transaction.atomic():
         rollback = Rollback.objects.select_for_update().get(pk=rollback.pk)
         if not rollback.is_terminal:
@@ -359,14 +357,12 @@ def finding_dismiss(*, finding: Finding, actor: Any, reason: str) -> Finding:
 def followup_add(*, rollback: Rollback, finding_ids: list[int], actor: Any) -> Stage:
     """Add the selected findings' suggested compensations as a new last stage (one step per
     finding) and send the rollback back through approval (``engine.rollback_reopen``)."""
-    if not access.can_operate(actor, rollback):
-        access.refuse(
-            actor=actor,
-            action="reconcile.followup_add",
-            subject=rollback,
-            rollback_id=rollback.pk,
-            why="only an operator of the rollback's teams may add a follow-up stage",
-        )
+    access.require_operator(
+        actor,
+        rollback,
+        "reconcile.followup_add",
+        why="only an operator of the rollback's teams may add a follow-up stage",
+    )
     ids = sorted({int(i) for i in finding_ids})
     if not ids:
         raise ReconcileError({"findings": "select at least one finding"})

@@ -15,7 +15,6 @@ from django.views.decorators.http import require_GET, require_POST
 from reconcile import forms, services
 from reconcile.models import Finding
 from rollbacks import access
-from rollbacks.views import _require_operator  # the rollback page's own check, refusal ledgered
 
 PAGE = "reconcile/findings_page.html"
 
@@ -52,7 +51,7 @@ def panel(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def rerun(request: HttpRequest, pk: int) -> HttpResponse:
     rollback = access.get_rollback_for_user(request.user, pk)
-    _require_operator(request, rollback, "reconcile.request")
+    access.require_operator(request.user, rollback, "reconcile.request")
     try:
         services.request_reconciliation(rollback=rollback, actor=request.user)
     except ValidationError as exc:
@@ -69,7 +68,7 @@ def dismiss(request: HttpRequest, pk: int, finding_id: int) -> HttpResponse:
     finding = get_object_or_404(
         Finding.objects.select_related("rollback", "system"), pk=finding_id, rollback=rollback
     )
-    _require_operator(request, rollback, "reconcile.finding_dismiss")
+    access.require_operator(request.user, rollback, "reconcile.finding_dismiss")
     form = forms.DismissForm(request.POST)
     if not form.is_valid():
         messages.error(request, forms.errors_text(form))
@@ -89,7 +88,7 @@ def dismiss(request: HttpRequest, pk: int, finding_id: int) -> HttpResponse:
 @require_POST
 def followup(request: HttpRequest, pk: int) -> HttpResponse:
     rollback = access.get_rollback_for_user(request.user, pk)
-    _require_operator(request, rollback, "reconcile.followup_add")
+    access.require_operator(request.user, rollback, "reconcile.followup_add")
     ids = Finding.objects.filter(rollback=rollback).values_list("pk", flat=True)
     form = forms.FollowupForm(request.POST, finding_ids=ids)
     if not form.is_valid():

@@ -111,11 +111,14 @@ def metrics(rollback: Rollback) -> dict:
     f = facts(rollback)
     submitted = _first(f.entries, "rollback.submitted")
     approved = _first(f.entries, "rollback.approved")
-    if submitted and submitted.payload.get("to") == R.APPROVED:
+    # The same figure as the metrics page's (one definition, in the rollbacks app).
+    timed = Rollback.objects.with_time_to_approval().values("needed_approval", "time_to_approval")
+    waited = timed.get(pk=rollback.pk)
+    if submitted and not waited["needed_approval"]:
         approval, approval_note = 0.0, "no approval was required: " + submitted.reason
-    elif submitted and approved:
-        approval = seconds_between(submitted.at, approved.at)
-        approval_note = "from submission to the approval that completed the policy"
+    elif waited["time_to_approval"] is not None:
+        approval = round(waited["time_to_approval"].total_seconds(), 1)
+        approval_note = "from planning to the approval that completed the policy"
     else:
         approval, approval_note = None, "not approved"
     attempts = [a for s in f.steps for a in s.attempt_list]

@@ -53,6 +53,20 @@ def can_operate(user: Any, rollback: Rollback) -> bool:
     return has_role(user, *OPERATOR_ROLES) and holds(user, "operate_rollback", rollback)
 
 
+def require_operator(
+    actor: Any,
+    rollback: Rollback,
+    action: str,
+    *,
+    why: str = "only an operator of the rollback's teams may do this",
+) -> None:
+    """Refuse (ledgered as ``action``, PermissionDenied) unless ``actor`` may operate the
+    rollback (``can_operate``). Views call it before reading the form, so that an auditor
+    learns nothing more; services call it again for the API and the workers."""
+    if not can_operate(actor, rollback):
+        refuse(actor=actor, action=action, subject=rollback, rollback_id=rollback.pk, why=why)
+
+
 def can_operate_run(user: Any, run: ProcessRun) -> bool:
     """The operator (or admin) role and ``operate_processrun`` on the run."""
     if isinstance(user, str):

@@ -210,9 +210,7 @@ class ContractAdmin(admin.ModelAdmin):
         return initial
 
     def save_model(self, request, obj, form, change):
-        # Lock the system so two admins publishing at once cannot take the same version.
-        System.objects.select_for_update().get(pk=obj.system_id)
-        obj.version = services.next_contract_version(obj.system)
+        obj.version = services.next_version_locked(obj.system, obj.system.contracts.all())
         obj.published_by = request.user
         super().save_model(request, obj, form, change)
         services.record_contract_published(obj, actor=request.user)

@@ -545,7 +545,7 @@ def _step_out(step: Step, *, detail: bool) -> dict:
     return out
 
 
-def _rollback_out(pk: int, *, detail: bool) -> dict:
+def rollback_out(pk: int, *, detail: bool) -> dict:
     """The rollback with its plan, in a constant number of queries."""
     steps = Step.objects.select_related("system", "forward_action").order_by("id")
     if detail:
@@ -717,7 +717,7 @@ def rollback_create(request: HttpRequest, payload: RollbackIn):
         trigger="api",
         faults=[f.model_dump() for f in payload.faults],
     )
-    return Status(201, _rollback_out(rollback.pk, detail=False))
+    return Status(201, rollback_out(rollback.pk, detail=False))
 
 
 @api.get(
@@ -730,7 +730,7 @@ def rollback_create(request: HttpRequest, payload: RollbackIn):
 )
 def rollback_detail(request: HttpRequest, id: int = ROLLBACK_ID):
     rollback = access.get_rollback_for_user(request.auth, id)
-    return _rollback_out(rollback.pk, detail=True)
+    return rollback_out(rollback.pk, detail=True)
 
 
 # Operator actions ----------------------------------------------------------------------------
@@ -819,7 +819,7 @@ def rollback_act(
         engine.rollback_resume(rollback=rollback, actor=user)
     else:
         engine.rollback_abort(rollback=rollback, actor=user, reason=payload.reason)
-    return _rollback_out(rollback.pk, detail=True)
+    return rollback_out(rollback.pk, detail=True)
 
 
 @api.post(
@@ -856,7 +856,7 @@ def step_act(
         engine.step_skip(step=step, actor=user, reason=payload.reason)
     else:
         engine.step_resolve(step=step, actor=user, note=payload.reason)
-    return _rollback_out(rollback.pk, detail=True)
+    return rollback_out(rollback.pk, detail=True)
 
 
 # The estate as code --------------------------------------------------------------------------

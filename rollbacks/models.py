@@ -320,6 +320,44 @@ class RollbackQuerySet(models.QuerySet):
     def active(self) -> RollbackQuerySet:
         return self.filter(state__in=[Rollback.State.RUNNING, Rollback.State.PAUSED])
 
+    def with_time_to_approval(self) -> RollbackQuerySet:
+        """Time to approval, the one definition the metrics page and the reports share.
+
+        1. ``needed_approval``: the rollback's ``rollback.submitted`` ledger entry (written in
+           the planning transaction) sent it to awaiting approval.
+        2. ``approved_at``: then, the first ``rollback.approved`` entry (the approval that
+           completed the policies); None when it never came (rejected, aborted, started by
+           break-glass) or none was needed (a later follow-up stage's approval is not the
+           plan's).
+        3. ``time_to_approval``: planned (``created_at``) → ``approved_at``.
+        """
+        from ledger.models import Entry  # ledger imports no other app: no cycle either way
+
+        entries = Entry.objects.filter(rollback_id=models.OuterRef("pk")).order_by()
+        first_approval = (
+            entries.filter(action="rollback.approved")
+            .values("rollback_id")
+            .annotate(first=models.Min("at"))
+            .values("first")
+        )
+        needed = models.Exists(
+            entries.filter(
+                action="rollback.submitted", payload__to=Rollback.State.AWAITING_APPROVAL
+            )
+        )
+        return self.annotate(
+            needed_approval=needed,
+            approved_at=models.Case(
+                models.When(needed_approval=True, then=models.Subquery(first_approval)),
+                default=None,
+                output_field=models.DateTimeField(),
+            ),
+            time_to_approval=models.ExpressionWrapper(
+                models.F("approved_at") - models.F("created_at"),
+                output_field=models.DurationField(),
+            ),
+        )
+
 
 class Rollback(models.Model):
     class State(models.TextChoices):
@@ -344,7 +382,8 @@ class Rollback(models.Model):
     trigger = models.CharField(
         max_length=10,
         default="manual",
-        help_text="Who asked: manual (browser), api, or alert (a trigger rule).",
+        help_text="Who asked: manual (browser), api, alert (a trigger rule), or runbook (an "
+        "instance of a pre-approved runbook).",
     )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
@@ -358,7 +397,8 @@ class Rollback(models.Model):
         help_text="The map version this plan was made from (pinned).",
     )
     trace_id = models.CharField(max_length=32, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Indexed: the metrics page picks the rollbacks planned in a period.
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     started_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,

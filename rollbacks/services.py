@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Model, QuerySet
 
 import ledger.services as ledger
 from rollbacks import planning
@@ -107,8 +107,13 @@ def validate_contract_reconciliation(checks: Any) -> None:
         raise ValidationError(format_reconciliation_errors(errors))
 
 
-def next_contract_version(system: System) -> int:
-    return (system.contracts.aggregate(v=Max("version"))["v"] or 0) + 1
+def next_version_locked(owner: Model, versions: QuerySet) -> int:
+    """The number of ``owner``'s next immutable version (a system's contracts, a runbook's
+    versions): one after the newest of ``versions``. Call it inside the transaction that
+    creates the version: it locks ``owner``'s row until commit, so two publishers (the
+    services, the admin) cannot take the same number."""
+    type(owner)._default_manager.select_for_update().get(pk=owner.pk)
+    return (versions.aggregate(v=Max("version"))["v"] or 0) + 1
 
 
 def contract_publish(
@@ -123,11 +128,9 @@ def contract_publish(
     validate_contract_actions(actions)
     validate_contract_reconciliation(reconciliation)
     with transaction.atomic():
-        # Lock the system row so two publishers cannot take the same version number.
-        System.objects.select_for_update().get(pk=system.pk)
         contract = Contract.objects.create(
             system=system,
-            version=next_contract_version(system),
+            version=next_version_locked(system, system.contracts.all()),
             actions=actions,
             reconciliation=reconciliation or [],
             note=note,

@@ -440,18 +440,6 @@ def _answer(request: HttpRequest, rollback: Rollback, ok: bool, text: str) -> Ht
     return HttpResponse(status + notice)
 
 
-def _require_operator(request: HttpRequest, rollback: Rollback, action: str) -> None:
-    """Refuse (403, ledgered) before reading the form, so an auditor learns nothing more."""
-    if not access.can_operate(request.user, rollback):
-        access.refuse(
-            actor=request.user,
-            action=action,
-            subject=rollback,
-            rollback_id=rollback.pk,
-            why="only an operator of the rollback's teams may do this",
-        )
-
-
 ROLLBACK_ACTIONS: dict[str, tuple[type[Form], Callable[..., Any], str]] = {
     "start": (forms.NoInputForm, engine.rollback_start, "Rollback #{pk} started."),
     "pause": (
@@ -484,7 +472,8 @@ def rollback_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     """Start, pause, resume or abort a rollback through its engine service."""
     rollback = access.get_rollback_for_user(request.user, pk)
     form_class, service, done = ROLLBACK_ACTIONS[action]
-    _require_operator(request, rollback, f"rollback.{action}")
+    # Refused (403, ledgered) before reading the form, so an auditor learns nothing more.
+    access.require_operator(request.user, rollback, f"rollback.{action}")
     form = form_class(request.POST)
     if not form.is_valid():
         return _answer(request, rollback, False, forms.errors_text(form))
@@ -509,7 +498,7 @@ def step_action(request: HttpRequest, pk: int, step_id: int, action: str) -> Htt
         rollback=rollback,
     )
     form_class, service, done = STEP_ACTIONS[action]
-    _require_operator(request, rollback, STEP_LEDGER_ACTIONS[action])
+    access.require_operator(request.user, rollback, STEP_LEDGER_ACTIONS[action])
     form = form_class(request.POST)
     if not form.is_valid():
         return _answer(request, rollback, False, forms.errors_text(form))

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 import ledger.services as ledger
+from rollbacks import services as estate
 from rollbacks.admin import PrettyJSONWidget
 from runbooks import services, validation
 from runbooks.models import IncidentType, Runbook, RunbookVersion
@@ -130,9 +131,7 @@ class RunbookVersionAdmin(admin.ModelAdmin):
         return initial
 
     def save_model(self, request, obj, form, change):
-        # Lock the runbook so two admins publishing at once cannot take the same version.
-        Runbook.objects.select_for_update().get(pk=obj.runbook_id)
-        obj.version = services.next_version(obj.runbook)
+        obj.version = estate.next_version_locked(obj.runbook, obj.runbook.versions.all())
         obj.published_by = request.user
         super().save_model(request, obj, form, change)
         services.record_version_published(obj, actor=request.user)

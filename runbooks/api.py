@@ -9,7 +9,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Field, Path, Router, Status
 
-from rollbacks.api import ERRORS, In, RollbackOut, _rollback_out, auth
+from rollbacks.api import ERRORS, In, RollbackOut, auth, rollback_out
 from runbooks import services
 
 router = Router(tags=["runbooks"])
@@ -57,4 +57,4 @@ def runbook_instantiate(
         reason=payload.reason,
         is_drill=payload.drill,
     )
-    return Status(201, _rollback_out(rollback.pk, detail=False))
+    return Status(201, rollback_out(rollback.pk, detail=False))

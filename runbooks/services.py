@@ -10,7 +10,6 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Max
 
 import ledger.services as ledger
 from rollbacks import access, engine, runs
@@ -76,21 +75,15 @@ def validate_version(parameters: Any, steps: Any) -> None:
         raise ValidationError(format_errors(errors, ""))
 
 
-def next_version(runbook: Runbook) -> int:
-    return (runbook.versions.aggregate(v=Max("version"))["v"] or 0) + 1
-
-
 def runbook_version_publish(
     *, runbook: Runbook, parameters: list, steps: list, actor: Any, note: str = ""
 ) -> RunbookVersion:
     """Publish a new version of ``runbook``; earlier versions stay as they were."""
     validate_version(parameters, steps)
     with transaction.atomic():
-        # Lock the runbook so two publishers cannot take the same version number.
-        Runbook.objects.select_for_update().get(pk=runbook.pk)
         version = RunbookVersion.objects.create(
             runbook=runbook,
-            version=next_version(runbook),
+            version=estate.next_version_locked(runbook, runbook.versions.all()),
             parameters=parameters,
             steps=steps,
             note=note,

@@ -3,14 +3,16 @@ happened (deploys, alerts, notes, process-run events) for the rollback timeline.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from ninja import Field, Router, Schema, Status
 
-from rollbacks.api import ERRORS, TRACE_ID, TRACE_ID_EXAMPLE, TRACE_ID_HELP, In, auth
-from timeline.events import event_record
+from rollbacks.api import ERRORS, TRACE_ID, TRACE_ID_EXAMPLE, TRACE_ID_HELP, ErrorOut, In, auth
+from timeline.events import IDEMPOTENCY_HEADER, IdempotencyKeyReused, event_record
 from timeline.models import Event
 
 router = Router(tags=["events"])
@@ -73,22 +75,76 @@ class EventOut(Schema):
     rollback: int | None = Field(description="The rollback it belongs to.", examples=[5])
 
 
+KEY_HELP = (
+    "Optional. Makes a retried POST safe: the same key with the same fields answers 200 with "
+    "the event stored the first time; with other fields, 409 naming the key. A Structured "
+    'Fields string as the IETF httpapi draft says (`Idempotency-Key: "8e03978e-40d5"`); the '
+    "bare key is accepted too. At most 200 printable ASCII characters; keys are per account."
+)
+# An sf-string (RFC 8941 §3.3.3): printable ASCII in quotes, with \" and \\ escaped.
+SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+BARE_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
+def idempotency_key(request: HttpRequest) -> str:
+    """The Idempotency-Key header's key ('' when none was sent), quoted or not; a
+    ValidationError naming the header when it is not a key."""
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return ""
+    raw = raw.strip()
+    quoted = SF_STRING.fullmatch(raw)
+    if quoted:
+        key = re.sub(r'\\(["\\])', r"\1", quoted[1])
+    elif not raw.startswith('"') and BARE_KEY.fullmatch(raw):
+        key = raw
+    else:
+        key = ""
+    if not key or len(key) > 200:
+        raise ValidationError(
+            {
+                IDEMPOTENCY_HEADER: [
+                    "send 1 to 200 printable ASCII characters, quoted as a string "
+                    '(Idempotency-Key: "…") or bare'
+                ]
+            }
+        )
+    return key
+
+
 @router.post(
     "",
     auth=auth,
-    response={201: EventOut} | ERRORS,
+    response={201: EventOut, 200: EventOut, 409: ErrorOut} | ERRORS,
     summary="Post an external event for the timelines",
     description="A deploy, alert, note or process-run event from another system. It shows on "
     "the timeline of every rollback it is joined to: by `rollback`, by `run` (every rollback "
     "of the run), or by `trace_id` (the rollback's or its run's). Needs the operator or admin "
     "role; `system`, `run` and `rollback` must be ones the account can see (else a 400 "
     "naming the field). Not ledgered: an event is an observation, not an action "
-    "(docs/timeline.md). Each POST stores one event: a retry stores it again.",
+    "(docs/timeline.md). Each POST stores one event, unless it sends an `Idempotency-Key`: "
+    "then a retry answers 200 with the event stored the first time.",
+    openapi_extra={
+        "parameters": [
+            {
+                "in": "header",
+                "name": IDEMPOTENCY_HEADER,
+                "required": False,
+                "schema": {"type": "string", "maxLength": 202},
+                "description": KEY_HELP,
+                "example": '"8e03978e-40d5-43e8-bc93-6894a57f9324"',
+            }
+        ]
+    },
 )
 def event_create(request: HttpRequest, payload: EventIn):
-    event = event_record(actor=request.auth, **payload.dict())
+    key = idempotency_key(request)
+    try:
+        event, created = event_record(actor=request.auth, idempotency_key=key, **payload.dict())
+    except IdempotencyKeyReused as exc:
+        return Status(409, {"detail": str(exc), "errors": {IDEMPOTENCY_HEADER: [str(exc)]}})
     return Status(
-        201,
+        201 if created else 200,
         {
             "id": event.pk,
             "kind": event.kind,

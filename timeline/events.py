@@ -7,15 +7,46 @@ every refusal is (``access.refuse``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from rollbacks import access
 from rollbacks.models import ProcessRun, Rollback, System
 from timeline.models import Event
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class IdempotencyKeyReused(Exception):
+    """The account used this Idempotency-Key for another event (different fields)."""
+
+    def __init__(self, key: str, event: Event) -> None:
+        self.key, self.event = key, event
+        super().__init__(
+            f"{IDEMPOTENCY_HEADER} {key!r} was already used for event #{event.pk}, "
+            "with different fields"
+        )
+
+
+def _request_sha256(fields: dict[str, Any]) -> str:
+    """Of the posted fields, as sent (``occurred_at`` before it defaults to now)."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _repeat(actor: Any, key: str, digest: str) -> Event | None:
+    """The event this account already stored under ``key`` when the fields are the same;
+    IdempotencyKeyReused when they differ; None when the key is new."""
+    event = Event.objects.filter(created_by=actor, idempotency_key=key).first()
+    if event is not None and event.request_sha256 != digest:
+        raise IdempotencyKeyReused(key, event)
+    return event
 
 
 def event_record(
@@ -30,10 +61,18 @@ def event_record(
     run: int | None = None,
     rollback: int | None = None,
     payload: dict | None = None,
-) -> Event:
-    """Store one event. Its system, run and rollback must be ones the account can see; an
-    unknown one is a ValidationError naming the field (and the same for one it cannot see,
-    so that an answer tells nothing about other teams' objects)."""
+    idempotency_key: str = "",
+) -> tuple[Event, bool]:
+    """Store one event; ``(event, created)``. Its system, run and rollback must be ones the
+    account can see; an unknown one is a ValidationError naming the field (and the same for
+    one it cannot see, so that an answer tells nothing about other teams' objects).
+
+    With an ``idempotency_key`` (the account's own, from the Idempotency-Key header):
+    1. the account's event under that key, if it has one, is returned (``created`` False)
+       when the fields are the same, and IdempotencyKeyReused is raised when they differ;
+    2. else the event is stored with the key; two requests racing with the same key meet
+       at the unique constraint, and the loser answers as in 1.
+    """
     if not access.has_role(actor, *access.OPERATOR_ROLES):
         access.refuse(
             actor=actor,
@@ -42,6 +81,22 @@ def event_record(
             subject_type="event",
             why="only an operator or admin account may post events",
         )
+    fields = {
+        "kind": kind,
+        "source": source,
+        "title": title,
+        "system": system,
+        "occurred_at": occurred_at.isoformat() if occurred_at else None,
+        "trace_id": trace_id,
+        "run": run,
+        "rollback": rollback,
+        "payload": payload or {},
+    }
+    digest = _request_sha256(fields) if idempotency_key else ""
+    if idempotency_key:
+        earlier = _repeat(actor, idempotency_key, digest)
+        if earlier is not None:
+            return earlier, False
     errors: dict[str, list[str]] = {}
     system_obj = the_run = the_rollback = None
     if system:
@@ -63,16 +118,26 @@ def event_record(
     if errors:
         raise ValidationError(errors)
     now = timezone.now()
-    return Event.objects.create(
-        kind=kind,
-        source=source,
-        title=title,
-        system=system_obj,
-        occurred_at=occurred_at or now,
-        received_at=now,
-        trace_id=trace_id,
-        run=the_run or (the_rollback.run if the_rollback else None),
-        rollback=the_rollback,
-        payload=payload or {},
-        created_by=actor if getattr(actor, "is_authenticated", False) else None,
-    )
+    try:
+        with transaction.atomic():  # a savepoint: the race's loser reads the winner's row
+            event = Event.objects.create(
+                kind=kind,
+                source=source,
+                title=title,
+                system=system_obj,
+                occurred_at=occurred_at or now,
+                received_at=now,
+                trace_id=trace_id,
+                run=the_run or (the_rollback.run if the_rollback else None),
+                rollback=the_rollback,
+                payload=payload or {},
+                created_by=actor if getattr(actor, "is_authenticated", False) else None,
+                idempotency_key=idempotency_key,
+                request_sha256=digest,
+            )
+    except IntegrityError:
+        earlier = _repeat(actor, idempotency_key, digest) if idempotency_key else None
+        if earlier is None:
+            raise
+        return earlier, False
+    return event, True

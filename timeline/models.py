@@ -44,9 +44,27 @@ class Event(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
+    idempotency_key = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The poster's Idempotency-Key header, if any: a repeat returns this event.",
+    )
+    request_sha256 = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Of the posted fields: tells a repeat from another event under the same key.",
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]
+        constraints = [
+            # One event per key and account (keys are the client's, so scoped to it).
+            models.UniqueConstraint(
+                fields=["created_by", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="event_idempotency_key_unique",
+            )
+        ]
         # The timeline reads events after a cursor (received_at, id) by each of its joins.
         indexes = [
             models.Index(fields=["rollback", "received_at", "id"], name="event_rollback_seen"),

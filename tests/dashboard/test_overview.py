@@ -96,3 +96,26 @@ def test_an_expired_session_polling_the_overview_goes_to_the_login_page(client, 
     response = client.get("/", headers={"HX-Request": "true"})
     assert response.status_code == 200 and response["HX-Redirect"] == "/login/?next=/"
     assert client.get("/")["Location"] == "/login/?next=/"
+
+
+def _links(html: str) -> list[str]:
+    """The id of each link in the fragment ('' for a link without one)."""
+    import re
+
+    return [
+        (re.search(r'\bid="([^"]+)"', tag) or [None, ""])[1]
+        for tag in re.findall(r"<a\b[^>]*>", html)
+    ]
+
+
+@pytest.mark.parametrize("who", ["bob", "carol"])
+def test_every_link_of_the_refreshed_fragment_keeps_its_id_so_focus_survives(
+    client, under_way, who, request
+):
+    """htmx 2 puts the focus back on the element with the focused one's id after a swap:
+    every link needs an id, unique on the page and the same from one refresh to the next."""
+    client.force_login(request.getfixturevalue(who))
+    fetch = lambda: client.get("/", headers={"HX-Request": "true"}).content.decode()  # noqa: E731
+    first, second = _links(fetch()), _links(fetch())
+    assert len(first) >= 5 and "" not in first
+    assert len(set(first)) == len(first) and first == second

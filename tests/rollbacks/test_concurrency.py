@@ -15,27 +15,36 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 ACTIONS = {"noop": {"compensation": {"kind": "simulated"}}}
 
 
-def test_concurrent_contract_publishing_gives_distinct_versions(make_system):
-    system = make_system("orders-db", kind="database")
+def at_once(publish, n: int = 8) -> list[BaseException]:
+    """Call ``publish(i)`` from ``n`` threads released together, each on its own connection;
+    the exceptions they raised."""
     errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(n)
 
-    def publish(i: int) -> None:
+    def run(i: int) -> None:
         try:
             barrier.wait()
-            services.contract_publish(
-                system=system, actions=ACTIONS | {f"a{i}": ACTIONS["noop"]}, actor="test"
-            )
-        except BaseException as exc:  # collected and asserted below
+            publish(i)
+        except BaseException as exc:  # collected and returned
             errors.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
+    return errors
+
+
+def test_concurrent_contract_publishing_gives_distinct_versions(make_system):
+    system = make_system("orders-db", kind="database")
+    errors = at_once(
+        lambda i: services.contract_publish(
+            system=system, actions=ACTIONS | {f"a{i}": ACTIONS["noop"]}, actor="test"
+        )
+    )
     assert errors == []
     assert sorted(Contract.objects.filter(system=system).values_list("version", flat=True)) == list(
         range(1, 9)
