@@ -258,6 +258,9 @@ if WORKER_DB_CONN_MAX_AGE:
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 HEALTH_CHECK_INTERVAL = timedelta(seconds=env_int("HEALTH_CHECK_INTERVAL_S", 30, minimum=1))
 SWEEP_INTERVAL_S = env_int("SWEEP_INTERVAL_S", 5, minimum=1)
+# The engine's fast path (docs/engine.md): a worker that finishes a step runs the next
+# stage's step itself, without a broker hop, up to this many in a row; 0 turns it off.
+ENGINE_INLINE_STEPS = env_int("ENGINE_INLINE_STEPS", 20, minimum=0)
 # Health checks older than this are pruned by the beat task (docs/dashboard.md).
 HEALTH_HISTORY_RETENTION_DAYS = env_int("HEALTH_HISTORY_RETENTION_DAYS", 30, minimum=1)
 DASHBOARD_POLL_S = env_int("DASHBOARD_POLL_S", 10, minimum=1)  # the overview's htmx refresh

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from rollbacks.models import (
     Contract,
     DependencyMap,
     ForwardAction,
+    Outbox,
     ProcessRun,
     Rollback,
     Stage,
@@ -649,10 +651,15 @@ def _current_stage(rollback: Rollback) -> Stage | None:
 
 
 def _dispatch(steps) -> None:
+    """A ``run_step`` outbox row per step (one INSERT, published together after commit)."""
     now = timezone.now()
-    for step_id, next_at in steps.values_list("pk", "next_attempt_at"):
-        outbox.enqueue(RUN_STEP, at=max(next_at or now, now), step_id=step_id)
-    steps.update(dispatched_at=now)
+    due = list(steps.values_list("pk", "next_attempt_at"))
+    if not due:
+        return
+    outbox.enqueue_many(
+        RUN_STEP, [({"step_id": pk}, max(next_at or now, now)) for pk, next_at in due]
+    )
+    Step.objects.filter(pk__in=[pk for pk, _ in due]).update(dispatched_at=now)
 
 
 def advance(rollback: Rollback) -> None:
@@ -769,7 +776,10 @@ def _backoff(step: Step) -> timedelta:
     return timedelta(seconds=delay / 2 + random.uniform(0, delay / 2))
 
 
-def _claim(step_id: int, worker: str) -> tuple[Step, Attempt] | None:
+def _claim(step_id: int, worker: str, outbox_id: int | None = None) -> tuple[Step, Attempt] | None:
+    """Claim the step (compare-and-set), open its attempt and ledger it, in one transaction.
+    ``outbox_id``: the step's unsent outbox row, held by this worker (the fast path), marked
+    sent in the same transaction as the claim."""
     from rollbacks import authority
 
     now = timezone.now()
@@ -796,6 +806,8 @@ def _claim(step_id: int, worker: str) -> tuple[Step, Attempt] | None:
         )
         if not claimed:
             return None
+        if outbox_id is not None:
+            outbox.mark_sent([outbox_id])
         step = Step.objects.select_related("rollback", "system", "forward_action").get(pk=step_id)
         attempt = Attempt.objects.create(
             step=step,
@@ -852,12 +864,52 @@ def _traceparent(trace_id: str) -> tuple[str, Any]:
 
 
 def step_run(*, step_id: int, worker: str = "worker") -> str:
-    """Claim, execute outside any transaction, record. Returns what happened (for logs and tests)."""
+    """Claim, execute outside any transaction, record; then go on with a step that the
+    record dispatched (the fast path). Returns what happened to ``step_id`` (for logs and
+    tests).
+
+    1. Run the step (``_run_claimed``). Its record transaction may start the next stage and
+       dispatch steps; their outbox rows are committed with it, but held back from the
+       broker (``outbox.holding``).
+    2. When it dispatched any, claim and run the first one here, without a broker hop: the
+       claim is the same compare-and-set as a worker's (order, pause, leases, the starter's
+       authority) and marks the row sent in its own transaction. The others are published.
+       A row this worker does not claim after all is published; if the worker dies first,
+       the sweeper publishes it (it is an unsent row like any other).
+    3. At most ``settings.ENGINE_INLINE_STEPS`` steps in a row, then the broker again. Not
+       inside a caller's transaction (nothing would commit before the next claim).
+    """
+    from django.conf import settings
+
+    budget = settings.ENGINE_INLINE_STEPS
+    if transaction.get_connection().in_atomic_block:
+        budget = 0
+    first, outbox_id = None, None
+    while True:
+        held: list[Outbox] = []
+        claimed = False
+        try:
+            with outbox.holding(RUN_STEP, held) if budget > 0 else nullcontext():
+                claimed, verdict = _run_claimed(step_id, worker, outbox_id)
+        finally:
+            if outbox_id is not None and not claimed:
+                outbox.publish([outbox_id])  # not taken here: any worker may have it
+        first = verdict if first is None else first
+        if not held:
+            return first
+        budget -= 1
+        if len(held) > 1:
+            outbox.send(held[1:])
+        step_id, outbox_id = held[0].kwargs["step_id"], held[0].pk
+
+
+def _run_claimed(step_id: int, worker: str, outbox_id: int | None) -> tuple[bool, str]:
+    """(claimed, what happened) for one step: claim, execute, record."""
     from rollbacks.executors import ExecutorError, StepWork
 
-    claimed = _claim(step_id, worker)
+    claimed = _claim(step_id, worker, outbox_id)
     if claimed is None:
-        return "not claimable"
+        return False, "not claimable"
     step, attempt = claimed
     keeper = _LeaseKeeper(step)
     keeper.start()
@@ -878,14 +930,20 @@ def step_run(*, step_id: int, worker: str = "worker") -> str:
             )
             try:
                 result = _executor_for(step, attempt).execute(work)
-                return _record(step, attempt, ok=True, output=result.output)
             except ExecutorError as exc:
-                return _record(step, attempt, ok=False, error=str(exc), permanent=exc.permanent)
+                outcome: dict[str, Any] = {
+                    "ok": False,
+                    "error": str(exc),
+                    "permanent": exc.permanent,
+                }
             except Exception as exc:  # a bug or an unexpected driver error: never lose the step
                 log.exception("step %s: unexpected error", step.pk)
-                return _record(
-                    step, attempt, ok=False, error=f"{type(exc).__name__}: {exc}", permanent=False
-                )
+                outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "permanent": False}
+            else:
+                outcome = {"ok": True, "output": result.output}
+            # Outside the handlers above: an error while recording (or after its commit) is
+            # not the executor's, and must not record the attempt a second time.
+            return True, _record(step, attempt, **outcome)
     finally:
         keeper.stopped.set()
         keeper.join(timeout=5)
