@@ -819,7 +819,7 @@ def _claim(step_id: int, worker: str, outbox_id: int | None = None) -> tuple[Ste
         if claimed is None:
             return None
         if outbox_id is not None:
-            outbox.mark_sent([outbox_id])
+            outbox.mark_sent([outbox_id], at=now)  # taken at the claim: no broker hop
         if step is None or claimed == ():  # claimable only since the read above; or SQLite
             step = Step.objects.select_related("rollback", "system", "forward_action").get(
                 pk=step_id

@@ -95,9 +95,11 @@ def send(rows: list[Outbox]) -> int:
     return len(sent)
 
 
-def mark_sent(ids: list[int]) -> int:
+def mark_sent(ids: list[int], *, at: datetime | None = None) -> int:
     """Mark rows sent inside the caller's transaction (a worker that claimed their work)."""
-    return Outbox.objects.filter(pk__in=ids, sent_at__isnull=True).update(sent_at=timezone.now())
+    return Outbox.objects.filter(pk__in=ids, sent_at__isnull=True).update(
+        sent_at=at or timezone.now()
+    )
 
 
 def _mark_sent_after_publish(ids: list[int]) -> None:

@@ -141,6 +141,9 @@ def test_fast_path_runs_the_chain_inline_and_marks_the_rows_sent(
     assert sent == [steps[0].pk]  # the later steps never went through the broker
     assert not Outbox.objects.filter(sent_at__isnull=True).exists()
     assert [s.attempt_set.get().outcome for s in steps] == ["succeeded"] * 4
+    for step in steps[1:]:  # marked sent by the claim that took it, in the same transaction
+        row = Outbox.objects.get(kwargs__step_id=step.pk)
+        assert row.sent_at == step.attempt_set.get().started_at
 
 
 def test_fast_path_stops_after_its_budget_and_publishes_the_next_step(
