@@ -201,3 +201,23 @@ def test_fast_path_worker_dying_before_the_inline_claim_leaves_the_row_to_the_sw
     rollback.refresh_from_db()
     assert rollback.state == R.SUCCEEDED
     assert [Step.objects.get(pk=s.pk).attempts for s in steps] == [1, 1, 1]
+
+
+def test_a_failure_after_the_record_committed_does_not_record_the_attempt_again(
+    transactional_db, make_system, alice, sent, settings, monkeypatch
+):
+    from ledger.models import Entry
+    from rollbacks import outbox
+
+    settings.ENGINE_INLINE_STEPS = 0
+
+    def lost_mark(ids):
+        raise RuntimeError("the database went away after the commit")
+
+    rollback, steps = _started_chain(make_system, alice, 2)
+    monkeypatch.setattr(outbox, "_mark_sent_after_publish", lost_mark)
+    assert engine.step_run(step_id=steps[0].pk, worker="w") == "succeeded"
+    assert steps[0].attempt_set.get().outcome == "succeeded"
+    assert not Entry.objects.filter(rollback_id=rollback.pk, action="step.attempt.refused")
+    assert sent == [steps[0].pk, steps[1].pk]  # published; the sweeper may publish it again
+    assert Outbox.objects.get(kwargs__step_id=steps[1].pk).sent_at is None
