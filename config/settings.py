@@ -248,9 +248,21 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
+# Workers keep their database connection between tasks (docs/engine.md, "Worker database
+# connections"): Celery's Django fix-up otherwise closes it before and after every task, and
+# a new PostgreSQL connection costs 4-12 ms a step. config/celery.py replaces a connection
+# older than this, or one that fails its health check, at the start of a task; 0 brings back
+# a new connection for every task.
+WORKER_DB_CONN_MAX_AGE = env_int("WORKER_DB_CONN_MAX_AGE", 300, minimum=0)
+if WORKER_DB_CONN_MAX_AGE:
+    # The fix-up then closes connections only every 1000 tasks; the age above decides.
+    CELERY_DB_REUSE_MAX = 1000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 HEALTH_CHECK_INTERVAL = timedelta(seconds=env_int("HEALTH_CHECK_INTERVAL_S", 30, minimum=1))
 SWEEP_INTERVAL_S = env_int("SWEEP_INTERVAL_S", 5, minimum=1)
+# The engine's fast path (docs/engine.md): a worker that finishes a step runs the next
+# stage's step itself, without a broker hop, up to this many in a row; 0 turns it off.
+ENGINE_INLINE_STEPS = env_int("ENGINE_INLINE_STEPS", 20, minimum=0)
 # Health checks older than this are pruned by the beat task (docs/dashboard.md).
 HEALTH_HISTORY_RETENTION_DAYS = env_int("HEALTH_HISTORY_RETENTION_DAYS", 30, minimum=1)
 DASHBOARD_POLL_S = env_int("DASHBOARD_POLL_S", 10, minimum=1)  # the overview's htmx refresh

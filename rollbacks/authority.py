@@ -37,10 +37,15 @@ def refuse_step(step_id: int) -> bool:
     """Called by the worker, in its transaction, before it claims a step. True when the step
     was refused (it then fails, waiting for a human, and the stage halts); False when it may
     run, or is not claimable anyway (the claim then finds nothing, as before)."""
-    from rollbacks import engine
+    step = claimable_step(step_id)
+    return step is not None and refuse(step)
 
+
+def claimable_step(step_id: int) -> Step | None:
+    """The step with what the worker needs (its rollback and starter, system, forward
+    action), if it is claimable now; None otherwise."""
     now = timezone.now()
-    step = (
+    return (
         Step.objects.filter(
             pk=step_id,
             state__in=(S.PENDING, S.RETRY_WAIT),
@@ -49,11 +54,15 @@ def refuse_step(step_id: int) -> bool:
             stage__state__in=(Stage.State.RUNNING, Stage.State.HALTED),
         )
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-        .select_related("rollback__started_by", "system")
+        .select_related("rollback__started_by", "system", "forward_action")
         .first()
     )
-    if step is None:
-        return False
+
+
+def refuse(step: Step) -> bool:
+    """``refuse_step`` for a step ``claimable_step`` found."""
+    from rollbacks import engine
+
     why = refusal(step.rollback, [step.system])
     if not why:
         return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from rollbacks.models import (
     Contract,
     DependencyMap,
     ForwardAction,
+    Outbox,
     ProcessRun,
     Rollback,
     Stage,
@@ -649,10 +651,19 @@ def _current_stage(rollback: Rollback) -> Stage | None:
 
 
 def _dispatch(steps) -> None:
+    """A ``run_step`` outbox row per step (one INSERT, published together after commit)."""
+    _dispatch_due(list(steps.values_list("pk", "next_attempt_at")))
+
+
+def _dispatch_due(due: list[tuple[int, Any]]) -> None:
+    """``_dispatch`` for (step id, next attempt at) pairs already read."""
+    if not due:
+        return
     now = timezone.now()
-    for step_id, next_at in steps.values_list("pk", "next_attempt_at"):
-        outbox.enqueue(RUN_STEP, at=max(next_at or now, now), step_id=step_id)
-    steps.update(dispatched_at=now)
+    outbox.enqueue_many(
+        RUN_STEP, [({"step_id": pk}, max(next_at or now, now)) for pk, next_at in due]
+    )
+    Step.objects.filter(pk__in=[pk for pk, _ in due]).update(dispatched_at=now)
 
 
 def advance(rollback: Rollback) -> None:
@@ -669,41 +680,24 @@ def advance(rollback: Rollback) -> None:
     if rollback.state != R.RUNNING:
         return
     now = timezone.now()
-    while True:
-        stage = _current_stage(rollback)
-        if stage is None:
-            # Cancelled or failed steps remain only when a follow-up stage ran after an abort.
-            skipped = rollback.steps.filter(state__in=(S.SKIPPED, S.CANCELLED, S.FAILED)).exists()
-            _transition_rollback(
-                rollback,
-                (R.RUNNING,),
-                R.PARTIALLY_ROLLED_BACK if skipped else R.SUCCEEDED,
-                actor="worker",
-                action="rollback.finished",
-                finished_at=now,
-            )
-            _write_summary(rollback)
-            return
+    # The unfinished stages, read once: under the rollback's row lock only this
+    # transaction moves them, so their states in memory stay true as they move.
+    stages = list(
+        rollback.stages.exclude(state__in=(Stage.State.SUCCEEDED, Stage.State.CANCELLED)).order_by(
+            "index"
+        )
+    )
+    for stage in stages:
         if stage.state == Stage.State.PENDING:
             gov = governance()
             if gov and not gov.stage_is_open(rollback, stage):
                 return  # a critical stage waits at its gate until an approver opens it
-            Stage.objects.filter(pk=stage.pk, state=Stage.State.PENDING).update(
-                state=Stage.State.RUNNING, started_at=now
-            )
-            ledger.record(
-                actor="worker",
-                action="stage.started",
-                subject=stage,
-                rollback_id=rollback.pk,
-                trace_id=rollback.trace_id,
-                payload={"index": stage.index, "is_drill": rollback.is_drill},
-            )
-            stage.steps.filter(state=S.PENDING, is_manual=True).update(state=S.WAITING_HUMAN)
-            _dispatch(stage.steps.filter(state=S.PENDING, is_manual=False))
-        states = set(stage.steps.values_list("state", flat=True))
+            states = _start_stage(rollback, stage, now)
+        else:
+            states = set(stage.steps.values_list("state", flat=True))
         if states <= set(Step.DONE):
             Stage.objects.filter(pk=stage.pk).update(state=Stage.State.SUCCEEDED, finished_at=now)
+            stage.state = Stage.State.SUCCEEDED
             ledger.record(
                 actor="worker",
                 action="stage.succeeded",
@@ -727,6 +721,47 @@ def advance(rollback: Rollback) -> None:
                 payload={"index": stage.index, "is_drill": rollback.is_drill},
             )
         return
+    # No stage is left. Cancelled or failed steps remain only when a follow-up stage ran
+    # after an abort.
+    skipped = rollback.steps.filter(state__in=(S.SKIPPED, S.CANCELLED, S.FAILED)).exists()
+    _transition_rollback(
+        rollback,
+        (R.RUNNING,),
+        R.PARTIALLY_ROLLED_BACK if skipped else R.SUCCEEDED,
+        actor="worker",
+        action="rollback.finished",
+        finished_at=now,
+    )
+    _write_summary(rollback)
+
+
+def _start_stage(rollback: Rollback, stage: Stage, now) -> set[str]:
+    """Pending → running: manual steps wait for a human, the others are dispatched. Returns
+    the states of the stage's steps afterwards (read once, then moved in memory too)."""
+    Stage.objects.filter(pk=stage.pk, state=Stage.State.PENDING).update(
+        state=Stage.State.RUNNING, started_at=now
+    )
+    stage.state = Stage.State.RUNNING
+    ledger.record(
+        actor="worker",
+        action="stage.started",
+        subject=stage,
+        rollback_id=rollback.pk,
+        trace_id=rollback.trace_id,
+        payload={"index": stage.index, "is_drill": rollback.is_drill},
+    )
+    steps = list(stage.steps.values_list("pk", "state", "is_manual", "next_attempt_at"))
+    manual = [pk for pk, state, is_manual, _ in steps if state == S.PENDING and is_manual]
+    if manual:
+        Step.objects.filter(pk__in=manual, state=S.PENDING).update(state=S.WAITING_HUMAN)
+    _dispatch_due(
+        [
+            (pk, next_at)
+            for pk, state, is_manual, next_at in steps
+            if state == S.PENDING and not is_manual
+        ]
+    )
+    return {S.WAITING_HUMAN if pk in manual else state for pk, state, _, _ in steps}
 
 
 def rollback_outcome(rollback: Rollback) -> dict[str, list[str]]:
@@ -769,34 +804,29 @@ def _backoff(step: Step) -> timedelta:
     return timedelta(seconds=delay / 2 + random.uniform(0, delay / 2))
 
 
-def _claim(step_id: int, worker: str) -> tuple[Step, Attempt] | None:
+def _claim(step_id: int, worker: str, outbox_id: int | None = None) -> tuple[Step, Attempt] | None:
+    """Claim the step (compare-and-set), open its attempt and ledger it, in one transaction.
+    ``outbox_id``: the step's unsent outbox row, held by this worker (the fast path), marked
+    sent in the same transaction as the claim."""
     from rollbacks import authority
 
     now = timezone.now()
     with transaction.atomic():
-        if authority.refuse_step(step_id):  # the starter's rights, checked again (authority.py)
+        step = authority.claimable_step(step_id)
+        if step is not None and authority.refuse(step):  # the starter's rights (authority.py)
             return None
-        claimed = (
-            # Only a step of the stage under way, of a running rollback: a stray or early
-            # message for a later stage finds nothing to claim (the order invariant).
-            Step.objects.filter(
-                pk=step_id,
-                state__in=(S.PENDING, S.RETRY_WAIT),
-                is_manual=False,
-                rollback__state=R.RUNNING,
-                stage__state__in=(Stage.State.RUNNING, Stage.State.HALTED),
-            )
-            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-            .update(
-                state=S.RUNNING,
-                attempts=F("attempts") + 1,
-                fencing_token=F("fencing_token") + 1,
-                lease_expires_at=now + LEASE,
-            )
-        )
-        if not claimed:
+        claimed = _claim_update(step_id, now)
+        if claimed is None:
             return None
-        step = Step.objects.select_related("rollback", "system", "forward_action").get(pk=step_id)
+        if outbox_id is not None:
+            outbox.mark_sent([outbox_id], at=now)  # taken at the claim: no broker hop
+        if step is None or claimed == ():  # claimable only since the read above; or SQLite
+            step = Step.objects.select_related("rollback", "system", "forward_action").get(
+                pk=step_id
+            )
+        else:
+            step.state, step.lease_expires_at = S.RUNNING, now + LEASE
+            step.attempts, step.fencing_token = claimed
         attempt = Attempt.objects.create(
             step=step,
             number=step.attempts,
@@ -819,6 +849,61 @@ def _claim(step_id: int, worker: str) -> tuple[Step, Attempt] | None:
             },
         )
     return step, attempt
+
+
+_PG_CLAIM = (
+    "UPDATE rollbacks_step AS s SET state = %(running)s, attempts = s.attempts + 1, "
+    "fencing_token = s.fencing_token + 1, lease_expires_at = %(lease)s "
+    "FROM rollbacks_rollback AS r, rollbacks_stage AS st "
+    "WHERE s.id = %(id)s AND s.state IN (%(pending)s, %(retry_wait)s) AND NOT s.is_manual "
+    "AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s) "
+    "AND r.id = s.rollback_id AND r.state = %(rollback_running)s "
+    "AND st.id = s.stage_id AND st.state IN (%(stage_running)s, %(stage_halted)s) "
+    "RETURNING s.attempts, s.fencing_token"
+)
+
+
+def _claim_update(step_id: int, now) -> tuple[int, ...] | None:
+    """The claim's compare-and-set: only a step of the stage under way, of a running
+    rollback, that is pending or due for a retry. A stray or early message for a later
+    stage finds nothing to claim (the order invariant). Returns (attempts, fencing token)
+    after the claim, ``()`` when claimed but not returned (SQLite), None when not claimed."""
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":  # one round trip, and the new token with it
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _PG_CLAIM,
+                {
+                    "id": step_id,
+                    "now": now,
+                    "lease": now + LEASE,
+                    "running": S.RUNNING,
+                    "pending": S.PENDING,
+                    "retry_wait": S.RETRY_WAIT,
+                    "rollback_running": R.RUNNING,
+                    "stage_running": Stage.State.RUNNING,
+                    "stage_halted": Stage.State.HALTED,
+                },
+            )
+            row = cursor.fetchone()
+        return tuple(row) if row else None
+    claimed = (
+        Step.objects.filter(
+            pk=step_id,
+            state__in=(S.PENDING, S.RETRY_WAIT),
+            is_manual=False,
+            rollback__state=R.RUNNING,
+            stage__state__in=(Stage.State.RUNNING, Stage.State.HALTED),
+        )
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .update(
+            state=S.RUNNING,
+            attempts=F("attempts") + 1,
+            fencing_token=F("fencing_token") + 1,
+            lease_expires_at=now + LEASE,
+        )
+    )
+    return () if claimed else None
 
 
 class _LeaseKeeper(threading.Thread):
@@ -852,12 +937,52 @@ def _traceparent(trace_id: str) -> tuple[str, Any]:
 
 
 def step_run(*, step_id: int, worker: str = "worker") -> str:
-    """Claim, execute outside any transaction, record. Returns what happened (for logs and tests)."""
+    """Claim, execute outside any transaction, record; then go on with a step that the
+    record dispatched (the fast path). Returns what happened to ``step_id`` (for logs and
+    tests).
+
+    1. Run the step (``_run_claimed``). Its record transaction may start the next stage and
+       dispatch steps; their outbox rows are committed with it, but held back from the
+       broker (``outbox.holding``).
+    2. When it dispatched any, claim and run the first one here, without a broker hop: the
+       claim is the same compare-and-set as a worker's (order, pause, leases, the starter's
+       authority) and marks the row sent in its own transaction. The others are published.
+       A row this worker does not claim after all is published; if the worker dies first,
+       the sweeper publishes it (it is an unsent row like any other).
+    3. At most ``settings.ENGINE_INLINE_STEPS`` steps in a row, then the broker again. Not
+       inside a caller's transaction (nothing would commit before the next claim).
+    """
+    from django.conf import settings
+
+    budget = settings.ENGINE_INLINE_STEPS
+    if transaction.get_connection().in_atomic_block:
+        budget = 0
+    first, outbox_id = None, None
+    while True:
+        held: list[Outbox] = []
+        claimed = False
+        try:
+            with outbox.holding(RUN_STEP, held) if budget > 0 else nullcontext():
+                claimed, verdict = _run_claimed(step_id, worker, outbox_id)
+        finally:
+            if outbox_id is not None and not claimed:
+                outbox.publish([outbox_id])  # not taken here: any worker may have it
+        first = verdict if first is None else first
+        if not held:
+            return first
+        budget -= 1
+        if len(held) > 1:
+            outbox.send(held[1:])
+        step_id, outbox_id = held[0].kwargs["step_id"], held[0].pk
+
+
+def _run_claimed(step_id: int, worker: str, outbox_id: int | None) -> tuple[bool, str]:
+    """(claimed, what happened) for one step: claim, execute, record."""
     from rollbacks.executors import ExecutorError, StepWork
 
-    claimed = _claim(step_id, worker)
+    claimed = _claim(step_id, worker, outbox_id)
     if claimed is None:
-        return "not claimable"
+        return False, "not claimable"
     step, attempt = claimed
     keeper = _LeaseKeeper(step)
     keeper.start()
@@ -878,14 +1003,20 @@ def step_run(*, step_id: int, worker: str = "worker") -> str:
             )
             try:
                 result = _executor_for(step, attempt).execute(work)
-                return _record(step, attempt, ok=True, output=result.output)
             except ExecutorError as exc:
-                return _record(step, attempt, ok=False, error=str(exc), permanent=exc.permanent)
+                outcome: dict[str, Any] = {
+                    "ok": False,
+                    "error": str(exc),
+                    "permanent": exc.permanent,
+                }
             except Exception as exc:  # a bug or an unexpected driver error: never lose the step
                 log.exception("step %s: unexpected error", step.pk)
-                return _record(
-                    step, attempt, ok=False, error=f"{type(exc).__name__}: {exc}", permanent=False
-                )
+                outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "permanent": False}
+            else:
+                outcome = {"ok": True, "output": result.output}
+            # Outside the handlers above: an error while recording (or after its commit) is
+            # not the executor's, and must not record the attempt a second time.
+            return True, _record(step, attempt, **outcome)
     finally:
         keeper.stopped.set()
         keeper.join(timeout=5)

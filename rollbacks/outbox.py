@@ -1,15 +1,25 @@
 """A transactional outbox: tasks are written in the transaction that needs them and
 published after it commits.
 
-``enqueue()`` writes an ``Outbox`` row and registers an on-commit hook that publishes it at
-once. If the process dies between the commit and the publish, the row stays unsent and the
-sweeper publishes it (``publish_due``). Publishing twice is harmless: a message only nudges
-the worker, which re-reads the database and claims with a conditional update.
+``enqueue_many()`` writes the rows of one dispatch in one INSERT and registers one on-commit
+hook that publishes them from memory and marks them sent with one UPDATE. If the process
+dies between the commit and the publish, the rows stay unsent and the sweeper publishes
+them (``publish_due``). Publishing twice is harmless: a message only nudges the worker,
+which re-reads the database and claims with a conditional update.
+
+``holding()`` lets a worker keep the rows of a task that are due at once instead of
+publishing them, to run that work itself (the engine's fast path, docs/engine.md). A held row
+is still a committed, unsent row: the worker marks it sent in the transaction that claims
+the work, publishes it when it does not take it, and the sweeper publishes it if the worker
+dies first.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -20,31 +30,99 @@ from rollbacks.models import Outbox
 log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(seconds=2)  # an unsent row older than this was orphaned by a crash
 
+# (task, list): rows of that task due at once go to the list when their transaction commits.
+_held: ContextVar[tuple[str, list[Outbox]] | None] = ContextVar("outbox_held", default=None)
+
 
 def enqueue(task: str, *, at: datetime | None = None, **kwargs) -> Outbox:
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("outbox.enqueue() belongs inside the transaction that needs the task")
-    row = Outbox.objects.create(task=task, kwargs=kwargs, available_at=at or timezone.now())
-    transaction.on_commit(lambda: publish([row.pk]))
+    (row,) = enqueue_many(task, [(kwargs, at)])
     return row
 
 
-def publish(ids: list[int]) -> int:
-    """Send the given unsent rows to the broker; returns how many were sent."""
+def enqueue_many(task: str, items: list[tuple[dict, datetime | None]]) -> list[Outbox]:
+    """One row per ``(kwargs, at)``, written in one INSERT, published together on commit."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("outbox.enqueue() belongs inside the transaction that needs the task")
+    now = timezone.now()
+    rows = Outbox.objects.bulk_create(
+        [Outbox(task=task, kwargs=kwargs, available_at=at or now) for kwargs, at in items]
+    )
+    to_send = rows
+    hold = _held.get()
+    if hold is not None and hold[0] == task:
+        due = [row for row in rows if row.available_at <= now]
+        to_send = [row for row in rows if row.available_at > now]
+        if due:
+            transaction.on_commit(lambda: hold[1].extend(due))
+    if to_send:
+        transaction.on_commit(lambda: send(to_send))
+    return rows
+
+
+@contextmanager
+def holding(task: str, into: list[Outbox]) -> Iterator[list[Outbox]]:
+    """Within the block, rows of ``task`` due at once are not published when their
+    transaction commits: they are appended to ``into`` (only once committed). The caller
+    runs them itself, marking each row sent in the transaction that claims its work
+    (``mark_sent``), or publishes them (``send``)."""
+    token = _held.set((task, into))
+    try:
+        yield into
+    finally:
+        _held.reset(token)
+
+
+def send(rows: list[Outbox]) -> int:
+    """Send these rows (as written, no re-read) to the broker, then mark the ones that went
+    as sent in one UPDATE; returns how many were sent."""
     from config.celery import app
 
-    sent = 0
+    sent = []
     now = timezone.now()
-    for row in Outbox.objects.filter(pk__in=ids, sent_at__isnull=True):
+    for row in rows:
         countdown = max(0.0, (row.available_at - now).total_seconds())
         try:
             app.send_task(row.task, kwargs=row.kwargs, countdown=countdown or None)
         except Exception:  # broker down: the sweeper will try again
             log.exception("outbox: could not publish %s", row)
             continue
-        Outbox.objects.filter(pk=row.pk, sent_at__isnull=True).update(sent_at=timezone.now())
-        sent += 1
-    return sent
+        sent.append(row.pk)
+    if sent:
+        try:
+            _mark_sent_after_publish(sent)
+        except Exception:  # the messages went; the sweeper publishes the rows again (harmless)
+            log.exception("outbox: published %s but could not mark them sent", sent)
+    return len(sent)
+
+
+def mark_sent(ids: list[int], *, at: datetime | None = None) -> int:
+    """Mark rows sent inside the caller's transaction (a worker that claimed their work)."""
+    return Outbox.objects.filter(pk__in=ids, sent_at__isnull=True).update(
+        sent_at=at or timezone.now()
+    )
+
+
+def _mark_sent_after_publish(ids: list[int]) -> None:
+    connection = transaction.get_connection()
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        mark_sent(ids)
+        return
+    # A transaction of its own that does not wait for its WAL flush (a third one per step
+    # otherwise): losing this mark in a PostgreSQL crash only makes the sweeper publish the
+    # rows again, and a duplicate message is harmless by design. ``set_config(…, true)``
+    # lasts until this statement's own transaction ends.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH quick AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) "
+            f"UPDATE {Outbox._meta.db_table} SET sent_at = %s "
+            "WHERE id = ANY(%s) AND sent_at IS NULL AND EXISTS (SELECT 1 FROM quick)",
+            [timezone.now(), ids],
+        )
+
+
+def publish(ids: list[int]) -> int:
+    """Send the given rows that are still unsent; returns how many were sent."""
+    return send(list(Outbox.objects.filter(pk__in=ids, sent_at__isnull=True))) if ids else 0
 
 
 def publish_due() -> int:
@@ -55,7 +133,7 @@ def publish_due() -> int:
             "pk", flat=True
         )[:1000]
     )
-    return publish(ids) if ids else 0
+    return publish(ids)
 
 
 def prune(older_than: timedelta = timedelta(days=1)) -> int:

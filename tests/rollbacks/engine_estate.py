@@ -8,6 +8,7 @@ return: a manual step, stage 3 as well).
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from rollbacks import runs, services
 from rollbacks.models import DependencyEdge
@@ -131,3 +132,36 @@ def order_ids(path) -> list[int]:
         return [row[0] for row in conn.execute("SELECT id FROM orders ORDER BY id")]
     finally:
         conn.close()
+
+
+def chain_run(make_system, n: int, *, tag: str = "chain"):
+    """A run with one completed no-op forward action on each of ``n`` systems chained by
+    ``before`` edges: a rollback of it has ``n`` stages of one simulated step."""
+    slugs = [f"{tag}-{i}" for i in range(n)]
+    noop = {"undo": {"compensation": {"kind": "simulated", "latency_ms": 0}}}
+    for slug in slugs:
+        services.contract_publish(system=make_system(slug, tier=3), actor="test", actions=noop)
+    services.dependency_map_publish(
+        edges=[(BEFORE, a, b) for a, b in zip(slugs, slugs[1:], strict=False)], actor="test"
+    )
+    run, _ = runs.run_register(process="chain", external_id=tag, actor="test")
+    for i, slug in enumerate(slugs):
+        runs.action_report(
+            run=run,
+            system_slug=slug,
+            action_type="undo",
+            idempotency_key=f"{tag}-{i}",
+            actor="test",
+        )
+    return run
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -16,6 +16,7 @@ from rollbacks import engine
 from rollbacks.models import Rollback, Stage, Step
 from tests.conftest import WORKER_ARGS, start_celery, stop_process
 from tests.rollbacks import engine_estate
+from tests.rollbacks.engine_estate import wait_for as _wait
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(180)]
 S, R = Step.State, Rollback.State
@@ -69,16 +70,6 @@ def live(orders_target, target_server, make_system, transactional_db, tmp_path):
     yield ctx
     stop_process(ctx["worker"])
     stop_process(beat)
-
-
-def _wait(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _state(rollback) -> str:
