@@ -444,17 +444,6 @@ def _transition_rollback(
         rollback_ended.send(sender=Rollback, rollback=rollback, actor=actor)
 
 
-def _require_operator(actor: Any, rollback: Rollback, action: str) -> None:
-    if not access.can_operate(actor, rollback):
-        access.refuse(
-            actor=actor,
-            action=action,
-            subject=rollback,
-            rollback_id=rollback.pk,
-            why="only an operator of the rollback's teams may do this",
-        )
-
-
 def _locked(rollback: Rollback) -> Rollback:
     return Rollback.objects.select_for_update().get(pk=rollback.pk)
 
@@ -462,7 +451,7 @@ def _locked(rollback: Rollback) -> Rollback:
 def rollback_start(*, rollback: Rollback, actor: Any) -> Rollback:
     """Approved → running. Governance checks again that the approvals still stand (one may
     have expired or been revoked since): if not, the rollback goes back to awaiting approval."""
-    _require_operator(actor, rollback, "rollback.start")
+    access.require_operator(actor, rollback, "rollback.start")
     gov = governance()
     with transaction.atomic():
         rollback = _locked(rollback)
@@ -488,7 +477,7 @@ def rollback_start(*, rollback: Rollback, actor: Any) -> Rollback:
 
 def rollback_pause(*, rollback: Rollback, actor: Any, reason: str = "") -> Rollback:
     """In-flight steps finish; nothing new starts until resumed."""
-    _require_operator(actor, rollback, "rollback.pause")
+    access.require_operator(actor, rollback, "rollback.pause")
     with transaction.atomic():
         rollback = _locked(rollback)
         _transition_rollback(
@@ -498,7 +487,7 @@ def rollback_pause(*, rollback: Rollback, actor: Any, reason: str = "") -> Rollb
 
 
 def rollback_resume(*, rollback: Rollback, actor: Any) -> Rollback:
-    _require_operator(actor, rollback, "rollback.resume")
+    access.require_operator(actor, rollback, "rollback.resume")
     with transaction.atomic():
         rollback = _locked(rollback)
         _transition_rollback(
@@ -516,7 +505,7 @@ def rollback_abort(*, rollback: Rollback, actor: Any, reason: str) -> Rollback:
 
     Ends ``failed`` when a step had failed, else ``aborted``.
     """
-    _require_operator(actor, rollback, "rollback.abort")
+    access.require_operator(actor, rollback, "rollback.abort")
     if not (reason or "").strip():
         raise EngineError({"reason": "say why the rollback is aborted"})
     with transaction.atomic():
@@ -543,7 +532,7 @@ def _step_action(
     step: Step, actor: Any, action: str, from_states, to_state, *, note: str = "", **fields
 ) -> Step:
     rollback = step.rollback
-    _require_operator(actor, rollback, action)
+    access.require_operator(actor, rollback, action)
     with transaction.atomic():
         rollback = _locked(rollback)
         if rollback.is_terminal:

@@ -32,7 +32,8 @@ from rollbacks import engine
 from rollbacks.models import Rollback, Stage, Step
 from tests.conftest import WORKER_ARGS, start_celery, stop_process
 from tests.rollbacks import engine_estate
-from tests.rollbacks.test_engine_worker import _orders, _state, _step, _wait, orders_target
+from tests.rollbacks.engine_estate import wait_for as _wait
+from tests.rollbacks.test_engine_worker import _orders, _state, _step, orders_target
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(240)]
 S, R = Step.State, Rollback.State
