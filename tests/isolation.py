@@ -41,12 +41,22 @@ def _redis_url_for(url: str, index: int) -> str:
 
 def isolate(environ: os._Environ | dict, worker: str) -> None:
     """Point ``environ`` at worker ``worker``'s own Redis database and var/ directory."""
-    index = int(worker.removeprefix("gw"))
+    # xdist names a worker that replaces a crashed one gw<N+…>: it takes a slot in 0..N-1
+    # (the crash has failed the run already).
+    index = int(worker.removeprefix("gw")) % int(environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if environ.get("REDIS_URL"):
         environ["REDIS_URL"] = _redis_url_for(environ["REDIS_URL"], index)
     root = Path(__file__).resolve().parent.parent
     var_dir = Path(environ.get("UNWIND_VAR_DIR") or root / "var")
     environ["UNWIND_VAR_DIR"] = str(var_dir / worker)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the controller, refuse a worker count that would run out of Redis databases (a
+    worker that failed at start-up would leave the run with no test and exit status 0)."""
+    workers = len(getattr(config.option, "tx", None) or [])
+    if workers and os.environ.get("REDIS_URL") and not os.environ.get("PYTEST_XDIST_WORKER"):
+        _redis_url_for(os.environ["REDIS_URL"], workers - 1)
 
 
 if _worker := os.environ.get("PYTEST_XDIST_WORKER"):
