@@ -28,10 +28,12 @@ run: $(VENV)/.run-installed
 	@echo "Unwind on http://127.0.0.1:$(PORT)/  (logins in README.md; Ctrl-C stops everything)"
 	exec env BIN_DIR=$(abspath $(BIN)) $(BIN)/honcho start -f Procfile.demo -p $(PORT)
 
-## test: the whole suite (SQLite and no Redis by default; .ci/run points it at PostgreSQL and Redis).
+## test: the whole suite (SQLite and no Redis by default; .ci/run points it at PostgreSQL and Redis),
+## in PYTEST_WORKERS pytest-xdist processes (tests/isolation.py; 0 runs it in one process).
+PYTEST_WORKERS ?= 2
 test: export DEBUG ?= 1
 test: $(VENV)/.dev-installed
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: export DEBUG ?= 1
 lint: $(VENV)/.dev-installed

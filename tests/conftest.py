@@ -15,6 +15,9 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 
 REQUIRE_SERVICES = os.environ.get("UNWIND_REQUIRE_SERVICES") == "1"
+
+# PBKDF2 with fewer iterations: see tests/hashers.py.
+settings.PASSWORD_HASHERS = ["tests.hashers.FastPBKDF2PasswordHasher"]
 _skipped_service_tests: list[str] = []
 
 

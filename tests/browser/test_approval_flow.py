@@ -28,14 +28,12 @@ FINISHED = ("succeeded", "partially rolled back", "failed", "aborted")
 
 
 @pytest.fixture
-def demo_stack(transactional_db, tmp_path, monkeypatch):
+def demo_stack(transactional_db, demo_targets, tmp_path, monkeypatch):
     """The demo as `make run` serves it, with one policy instead of the demo's: tier-1
     systems need one approval from the approver role, with the personal-data attestation."""
     import os
 
     import redis
-
-    from demo.targets import serve
 
     monkeypatch.setenv("TARGET_DATABASE_ORDERS", f"sqlite:///{tmp_path / 'demo-orders.sqlite3'}")
     call_command("seed_demo")
@@ -53,16 +51,10 @@ def demo_stack(transactional_db, tmp_path, monkeypatch):
     Group.objects.get(name="approver").user_set.add(
         *Group.objects.get(name="operator").user_set.all()
     )
-    try:
-        server, _ = serve(9100)  # the demo estate's URLs name this port
-    except OSError as exc:
-        pytest.fail(f"the demo targets need 127.0.0.1:9100, which is taken: {exc}")
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     worker = start_celery(WORKER_ARGS, tmp_path / "worker.log")
     yield
     stop_process(worker)
-    server.shutdown()
-    server.server_close()
 
 
 def _log_in(page, base, username):

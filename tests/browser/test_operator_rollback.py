@@ -24,27 +24,19 @@ pytestmark = [
 
 
 @pytest.fixture
-def demo_stack(transactional_db, tmp_path, monkeypatch):
+def demo_stack(transactional_db, demo_targets, tmp_path, monkeypatch):
     """The demo as `make run` serves it: estate, users, the failed run, targets, a worker."""
     import os
 
     import redis
 
-    from demo.targets import serve
-
     orders_db = tmp_path / "demo-orders.sqlite3"
     monkeypatch.setenv("TARGET_DATABASE_ORDERS", f"sqlite:///{orders_db}")
     call_command("seed_demo")
-    try:
-        server, state = serve(9100)  # the demo estate's URLs name this port
-    except OSError as exc:
-        pytest.fail(f"the demo targets need 127.0.0.1:9100, which is taken: {exc}")
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     worker = start_celery(WORKER_ARGS, tmp_path / "worker.log")
-    yield {"orders_db": orders_db, "targets": state}
+    yield {"orders_db": orders_db, "targets": demo_targets}
     stop_process(worker)
-    server.shutdown()
-    server.server_close()
 
 
 def _log_in(page, base, username):

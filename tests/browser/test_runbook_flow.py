@@ -29,7 +29,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def runbook_stack(transactional_db, tmp_path, monkeypatch):
+def runbook_stack(transactional_db, demo_targets, tmp_path, monkeypatch):
     """The demo as `make run` serves it (runbooks included), with one policy instead of the
     demo's: every rollback needs one approval from the approver role. (The demo pre-approves
     the cancel-order runbook; here it must wait for bob.)"""
@@ -37,24 +37,16 @@ def runbook_stack(transactional_db, tmp_path, monkeypatch):
 
     import redis
 
-    from demo.targets import serve
-
     orders_db = tmp_path / "demo-orders.sqlite3"
     monkeypatch.setenv("TARGET_DATABASE_ORDERS", f"sqlite:///{orders_db}")
     call_command("seed_demo")
     ApprovalPolicy.objects.update(is_active=False)
     policy = ApprovalPolicy.objects.create(name="one-approver", approvals_required=1)
     policy.eligible_groups.set([Group.objects.get(name="approver")])
-    try:
-        server, state = serve(9100)  # the demo estate's URLs name this port
-    except OSError as exc:
-        pytest.fail(f"the demo targets need 127.0.0.1:9100, which is taken: {exc}")
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     worker = start_celery(WORKER_ARGS, tmp_path / "worker.log")
-    yield orders_db, state
+    yield orders_db, demo_targets
     stop_process(worker)
-    server.shutdown()
-    server.server_close()
 
 
 def _order_ids(path) -> list[int]:
