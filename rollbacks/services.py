@@ -55,7 +55,21 @@ def validate_edges(edges: list[tuple[str, str, str]]) -> None:
         ) from None
 
 
+MAP_LOCK = "unwind.dependency_map"  # the advisory lock of map publishing
+
+
 def next_map_version() -> int:
+    """The number of the next version of the map: one after the newest. Call it inside the
+    transaction that creates the version. The map has no owner row to lock (as contracts
+    and runbooks have: ``next_version_locked``), so on PostgreSQL its publishers take one
+    transaction-level advisory lock, held until commit; SQLite's transactions are
+    ``IMMEDIATE`` (config/settings.py), so writers already take turns there."""
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("next_map_version() belongs inside the transaction that publishes")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [MAP_LOCK])
     return (DependencyMap.objects.aggregate(v=Max("version"))["v"] or 0) + 1
 
 

@@ -7,8 +7,9 @@ import threading
 import pytest
 from django.db import connection
 
+from ledger.models import Entry
 from rollbacks import services
-from rollbacks.models import Contract
+from rollbacks.models import Contract, DependencyMap
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -49,3 +50,19 @@ def test_concurrent_contract_publishing_gives_distinct_versions(make_system):
     assert sorted(Contract.objects.filter(system=system).values_list("version", flat=True)) == list(
         range(1, 9)
     )
+
+
+def test_concurrent_map_publishing_gives_distinct_versions(make_system):
+    """The map has no owner row to lock: its publishers take one lock of their own."""
+    for slug in ("a", "b", "c"):
+        make_system(slug)
+    errors = at_once(
+        lambda i: services.dependency_map_publish(
+            edges=[("before", "a", "b")] + ([("tandem", "b", "c")] if i % 2 else []),
+            actor="test",
+            note=f"publisher {i}",
+        )
+    )
+    assert errors == []
+    assert sorted(DependencyMap.objects.values_list("version", flat=True)) == list(range(1, 9))
+    assert Entry.objects.filter(action="estate.map.published").count() == 8
