@@ -69,6 +69,38 @@ class HealthCheckAdmin(admin.ModelAdmin):
         return False
 
 
+def check_based_on(based_on: int | None, latest, what: str) -> None:
+    """Refuse to publish over a version published after the form was opened: the new
+    version is built from what the form showed, so it would silently undo the other one.
+    ``based_on``: the version the form started from (hidden field; blank: none)."""
+    newest = latest.version if latest is not None else 0
+    if (based_on or 0) == newest:
+        return
+    by = latest.published_by or "an import or the API"
+    started = f"version {based_on}" if based_on else "no version"
+    raise forms.ValidationError(
+        f"{what} version {newest} was published by {by} at "
+        f"{latest.published_at:%Y-%m-%d %H:%M:%S} UTC after this form was opened from "
+        f"{started}; publishing now would undo its changes. Open the form again to start "
+        f"from version {newest}."
+    )
+
+
+class DependencyMapForm(forms.ModelForm):
+    based_on = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=0)
+
+    class Meta:
+        model = DependencyMap
+        fields = ["note"]
+
+    def clean(self):
+        cleaned = super().clean()
+        check_based_on(
+            cleaned.get("based_on"), DependencyMap.objects.latest_published(), "Dependency map"
+        )
+        return cleaned
+
+
 class EdgeFormSet(BaseInlineFormSet):
     """Validates the map as a whole: a cycle is refused naming its systems."""
 
@@ -96,9 +128,10 @@ class EdgeInline(admin.TabularInline):
 class DependencyMapAdmin(admin.ModelAdmin):
     """Add = publish a new version (pre-filled from the newest); published versions are read-only."""
 
+    form = DependencyMapForm
     inlines = [EdgeInline]
     list_display = ("version", "published_at", "published_by", "note", "edge_count")
-    fields = ("note",)
+    fields = ("note", "based_on")
 
     @admin.display(description="edges")
     def edge_count(self, obj):
@@ -109,6 +142,12 @@ class DependencyMapAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_changeform_initial_data(self, request):
+        initial = super().get_changeform_initial_data(request)
+        latest = DependencyMap.objects.latest_published()
+        initial["based_on"] = latest.version if latest is not None else 0
+        return initial
 
     def get_formset_kwargs(self, request, obj, inline, prefix):
         kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
@@ -149,6 +188,8 @@ class PrettyJSONWidget(forms.Textarea):
 
 
 class ContractForm(forms.ModelForm):
+    based_on = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=0)
+
     class Meta:
         model = Contract
         fields = ["system", "note", "actions", "reconciliation"]
@@ -166,6 +207,14 @@ class ContractForm(forms.ModelForm):
         checks = self.cleaned_data["reconciliation"] or []
         services.validate_contract_reconciliation(checks)
         return checks
+
+    def clean(self):
+        cleaned = super().clean()
+        system = cleaned.get("system")
+        if system is not None:
+            latest = system.contracts.order_by("-version").first()
+            check_based_on(cleaned.get("based_on"), latest, f"{system.slug}'s contract")
+        return cleaned
 
 
 @admin.register(Contract)
@@ -207,6 +256,7 @@ class ContractAdmin(admin.ModelAdmin):
             if latest is not None:
                 initial["actions"] = latest.actions
                 initial["reconciliation"] = latest.reconciliation
+                initial["based_on"] = latest.version
         return initial
 
     def save_model(self, request, obj, form, change):

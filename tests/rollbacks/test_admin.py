@@ -9,14 +9,20 @@ import pytest
 from django.urls import reverse
 
 from ledger.models import Entry
+from rollbacks import services
 from rollbacks.models import Contract, DependencyEdge, DependencyMap
 
 pytestmark = pytest.mark.django_db
 
 
-def _map_post(edges: list[tuple[str, int, int]], note: str = "") -> dict:
+def _map_post(edges: list[tuple[str, int, int]], note: str = "", based_on=None) -> dict:
+    """The add form as posted; ``based_on``: the version it was opened on (the newest)."""
+    if based_on is None:
+        latest = DependencyMap.objects.latest_published()
+        based_on = latest.version if latest else 0
     data = {
         "note": note,
+        "based_on": str(based_on),
         "edges-TOTAL_FORMS": str(len(edges)),
         "edges-INITIAL_FORMS": "0",
         "edges-MIN_NUM_FORMS": "0",
@@ -106,7 +112,7 @@ def test_broken_contract_is_refused_naming_the_field(client, dave, abc):
     broken["create_order"]["backoff"]["max_s"] = 0.5
     response = client.post(
         reverse("admin:rollbacks_contract_add"),
-        {"system": a.pk, "note": "", "actions": json.dumps(broken)},
+        {"system": a.pk, "note": "", "actions": json.dumps(broken), "based_on": "0"},
     )
     assert response.status_code == 200
     assert (
@@ -136,14 +142,15 @@ def test_publishing_a_contract_never_changes_the_old_version(client, dave, abc):
     a, _, _ = abc
     client.force_login(dave)
     url = reverse("admin:rollbacks_contract_add")
-    assert (
-        client.post(url, {"system": a.pk, "actions": json.dumps(VALID_ACTIONS)}).status_code == 302
-    )
+    first = {"system": a.pk, "actions": json.dumps(VALID_ACTIONS), "based_on": "0"}
+    assert client.post(url, first).status_code == 302
     prefilled = client.get(url + f"?system={a.pk}").content.decode()
     assert "create_order" in prefilled
+    assert 'name="based_on" value="1"' in prefilled
     changed = json.loads(json.dumps(VALID_ACTIONS))
     changed["create_order"]["attempts"] = 7
-    assert client.post(url, {"system": a.pk, "actions": json.dumps(changed)}).status_code == 302
+    second = {"system": a.pk, "actions": json.dumps(changed), "based_on": "1"}
+    assert client.post(url, second).status_code == 302
     v1, v2 = Contract.objects.filter(system=a).order_by("version")
     assert v1.actions == VALID_ACTIONS and v2.actions["create_order"]["attempts"] == 7
     assert (v1.version, v2.version) == (1, 2)
@@ -162,3 +169,41 @@ def test_operators_cannot_reach_the_admin(client, alice):
     client.force_login(alice)
     response = client.get(reverse("admin:rollbacks_contract_add"))
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_a_map_form_opened_before_another_publish_is_refused(client, dave, abc):
+    """Publishing from a stale form would silently undo the version published meanwhile."""
+    a, b, c = abc
+    client.force_login(dave)
+    url = reverse("admin:rollbacks_dependencymap_add")
+    assert client.post(url, _map_post([("before", a.pk, b.pk)], "v1")).status_code == 302
+    assert 'name="based_on" value="1"' in client.get(url).content.decode()
+    # Someone else publishes v2 (here through the service, as an estate import does).
+    services.dependency_map_publish(
+        edges=[("before", "svc-a", "svc-b"), ("before", "svc-b", "svc-c")], actor="import"
+    )
+    stale = client.post(url, _map_post([("before", a.pk, c.pk)], "from v1", based_on=1))
+    assert stale.status_code == 200
+    text = stale.content.decode()
+    assert "Dependency map version 2 was published by an import or the API at" in text
+    assert "after this form was opened from version 1" in text
+    assert DependencyMap.objects.count() == 2
+    fresh = client.post(url, _map_post([("before", a.pk, c.pk)], "from v2", based_on=2))
+    assert fresh.status_code == 302 and DependencyMap.objects.count() == 3
+
+
+def test_a_contract_form_opened_before_another_publish_is_refused(client, dave, abc):
+    a, _, _ = abc
+    client.force_login(dave)
+    url = reverse("admin:rollbacks_contract_add")
+    post = {"system": a.pk, "actions": json.dumps(VALID_ACTIONS), "based_on": "0"}
+    assert client.post(url, post).status_code == 302
+    # A second form opened with no version (plain "Add"): v1 exists, so it is refused.
+    again = client.post(url, post)
+    assert again.status_code == 200
+    assert (
+        f"svc-a&#x27;s contract version 1 was published by {dave.username} at"
+        in again.content.decode()
+    )
+    assert "after this form was opened from no version" in again.content.decode()
+    assert Contract.objects.filter(system=a).count() == 1
