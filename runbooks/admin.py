@@ -12,7 +12,7 @@ from django.utils.html import format_html
 
 import ledger.services as ledger
 from rollbacks import services as estate
-from rollbacks.admin import PrettyJSONWidget
+from rollbacks.admin import PrettyJSONWidget, check_based_on
 from runbooks import services, validation
 from runbooks.models import IncidentType, Runbook, RunbookVersion
 
@@ -81,6 +81,8 @@ class RunbookAdmin(LedgeredChanges):
 
 
 class RunbookVersionForm(forms.ModelForm):
+    based_on = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=0)
+
     class Meta:
         model = RunbookVersion
         fields = ["runbook", "note", "parameters", "steps"]
@@ -99,6 +101,10 @@ class RunbookVersionForm(forms.ModelForm):
         for path, message in errors:
             field = "parameters" if path.startswith("parameters") else "steps"
             self.add_error(field, ValidationError(f"{path}: {message}"))
+        runbook = data.get("runbook")
+        if runbook is not None:
+            latest = runbook.versions.order_by("-version").first()
+            check_based_on(data.get("based_on"), latest, f"Runbook {runbook.slug}")
         return data
 
 
@@ -128,6 +134,7 @@ class RunbookVersionAdmin(admin.ModelAdmin):
             if latest.exists():
                 initial["parameters"] = latest[0].parameters
                 initial["steps"] = latest[0].steps
+                initial["based_on"] = latest[0].version
         return initial
 
     def save_model(self, request, obj, form, change):

@@ -184,16 +184,19 @@ def test_admin_publishes_a_version_prefilled_from_the_newest_and_ledgers_it(rb, 
     add = reverse("admin:runbooks_runbookversion_add")
     page = client.get(add + f"?runbook={rb.own.pk}").content.decode()
     assert "{params.invoice_id}" in page  # pre-filled from v1
+    assert 'name="based_on" value="1"' in page
     steps = rb.own_v1.steps[:1]
-    response = client.post(
-        add,
-        {
-            "runbook": rb.own.pk,
-            "note": "flag only",
-            "parameters": json.dumps(rb.own_v1.parameters),
-            "steps": json.dumps(steps),
-        },
-    )
+    post = {
+        "runbook": rb.own.pk,
+        "note": "flag only",
+        "parameters": json.dumps(rb.own_v1.parameters),
+        "steps": json.dumps(steps),
+    }
+    stale = client.post(add, post | {"based_on": "0"})  # opened before v1 was published
+    assert stale.status_code == 200
+    assert "version 1 was published by" in stale.content.decode()
+    assert not RunbookVersion.objects.filter(runbook=rb.own, version=2).exists()
+    response = client.post(add, post | {"based_on": "1"})
     assert response.status_code == 302
     v2 = RunbookVersion.objects.get(runbook=rb.own, version=2)
     assert v2.steps == steps and v2.published_by == dave
@@ -213,6 +216,7 @@ def test_admin_refuses_a_bad_version_naming_the_field(rb, client, dave):
             "runbook": rb.own.pk,
             "parameters": "[]",
             "steps": json.dumps([{"system": "nowhere", "action_type": "x", "params": {}}]),
+            "based_on": "1",
         },
     )
     assert response.status_code == 200
