@@ -687,28 +687,14 @@ def advance(rollback: Rollback) -> None:
         if states <= set(Step.DONE):
             Stage.objects.filter(pk=stage.pk).update(state=Stage.State.SUCCEEDED, finished_at=now)
             stage.state = Stage.State.SUCCEEDED
-            ledger.record(
-                actor="worker",
-                action="stage.succeeded",
-                subject=stage,
-                rollback_id=rollback.pk,
-                trace_id=rollback.trace_id,
-                payload={"index": stage.index, "is_drill": rollback.is_drill},
-            )
+            _record_stage(rollback, stage, "stage.succeeded")
             continue
         halted = S.FAILED in states
         wanted = Stage.State.HALTED if halted else Stage.State.RUNNING
         if stage.state != wanted and Stage.objects.filter(pk=stage.pk).exclude(state=wanted).update(
             state=wanted
         ):
-            ledger.record(
-                actor="worker",
-                action="stage.halted" if halted else "stage.running",
-                subject=stage,
-                rollback_id=rollback.pk,
-                trace_id=rollback.trace_id,
-                payload={"index": stage.index, "is_drill": rollback.is_drill},
-            )
+            _record_stage(rollback, stage, "stage.halted" if halted else "stage.running")
         return
     # No stage is left. Cancelled or failed steps remain only when a follow-up stage ran
     # after an abort.
@@ -724,6 +710,18 @@ def advance(rollback: Rollback) -> None:
     _write_summary(rollback)
 
 
+def _record_stage(rollback: Rollback, stage: Stage, action: str) -> None:
+    """Ledger a stage's transition (``stage.started``, ``.running``, ``.halted``, …)."""
+    ledger.record(
+        actor="worker",
+        action=action,
+        subject=stage,
+        rollback_id=rollback.pk,
+        trace_id=rollback.trace_id,
+        payload={"index": stage.index, "is_drill": rollback.is_drill},
+    )
+
+
 def _start_stage(rollback: Rollback, stage: Stage, now) -> set[str]:
     """Pending → running: manual steps wait for a human, the others are dispatched. Returns
     the states of the stage's steps afterwards (read once, then moved in memory too)."""
@@ -731,14 +729,7 @@ def _start_stage(rollback: Rollback, stage: Stage, now) -> set[str]:
         state=Stage.State.RUNNING, started_at=now
     )
     stage.state = Stage.State.RUNNING
-    ledger.record(
-        actor="worker",
-        action="stage.started",
-        subject=stage,
-        rollback_id=rollback.pk,
-        trace_id=rollback.trace_id,
-        payload={"index": stage.index, "is_drill": rollback.is_drill},
-    )
+    _record_stage(rollback, stage, "stage.started")
     steps = list(stage.steps.values_list("pk", "state", "is_manual", "next_attempt_at"))
     manual = [pk for pk, state, is_manual, _ in steps if state == S.PENDING and is_manual]
     if manual:
