@@ -20,7 +20,7 @@ from rollbacks import engine
 from rollbacks.models import Rollback, Stage, Step
 from tests.conftest import WORKER_ARGS, start_celery, stop_process
 from tests.rollbacks import engine_estate
-from tests.rollbacks.test_engine_worker import _wait
+from tests.rollbacks.engine_estate import wait_for as _wait
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(240)]
 S, R = Step.State, Rollback.State

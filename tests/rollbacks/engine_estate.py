@@ -165,3 +165,33 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def orders_in(url: str) -> list[int]:
+    """The ids left in the SQL target's ``orders`` table."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM orders ORDER BY id")]
+
+
+def state_of(rollback) -> str:
+    from rollbacks.models import Rollback
+
+    return Rollback.objects.values_list("state", flat=True).get(pk=rollback.pk)
+
+
+def step_of(rollback, slug):
+    from rollbacks.models import Step
+
+    return Step.objects.get(rollback=rollback, system__slug=slug)
+
+
+def assert_stages_in_order(rollback) -> None:
+    """Each stage started after the one before it finished (SPEC invariant 3)."""
+    from rollbacks.models import Stage
+
+    times = []
+    for stage in Stage.objects.filter(rollback=rollback).order_by("index"):
+        times += [stage.started_at, stage.finished_at]
+    assert times and times == sorted(times), times

@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 
-import psycopg
 import pytest
 
 from config.celery import app
@@ -16,32 +14,13 @@ from rollbacks import engine
 from rollbacks.models import Rollback, Stage, Step
 from tests.conftest import WORKER_ARGS, start_celery, stop_process
 from tests.rollbacks import engine_estate
+from tests.rollbacks.engine_estate import orders_in as _orders
+from tests.rollbacks.engine_estate import state_of as _state
+from tests.rollbacks.engine_estate import step_of as _step
 from tests.rollbacks.engine_estate import wait_for as _wait
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(180)]
 S, R = Step.State, Rollback.State
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-
-
-@pytest.fixture
-def orders_target(monkeypatch):
-    """A second PostgreSQL database holding an ``orders`` table: the SQL target."""
-    name = f"unwind_target_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgres://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id integer PRIMARY KEY, status text)")
-        conn.execute("INSERT INTO orders VALUES (1, 'new'), (2, 'new'), (99, 'new')")
-    monkeypatch.setenv("TARGET_DATABASE_ORDERS", url)  # before the worker starts: it inherits it
-    yield url
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-def _orders(url) -> list[int]:
-    with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute("SELECT id FROM orders ORDER BY id")]
 
 
 @pytest.fixture
@@ -72,14 +51,6 @@ def live(orders_target, target_server, make_system, transactional_db, tmp_path):
     stop_process(beat)
 
 
-def _state(rollback) -> str:
-    return Rollback.objects.values_list("state", flat=True).get(pk=rollback.pk)
-
-
-def _step(rollback, slug) -> Step:
-    return Step.objects.get(rollback=rollback, system__slug=slug)
-
-
 def test_three_stage_rollback_runs_in_dependency_order_on_a_real_worker(live, alice):
     rollback = engine.rollback_plan(
         run=engine_estate.failed_run(orders=2), actor=alice, reason="bad migration"
@@ -98,13 +69,7 @@ def test_three_stage_rollback_runs_in_dependency_order_on_a_real_worker(live, al
         step=_step(rollback, "payment-gateway"), actor=alice, note="refunded by hand"
     )
     assert _state(rollback) == R.SUCCEEDED
-    stages = {s.index: s for s in Stage.objects.filter(rollback=rollback)}
-    assert (
-        stages[1].finished_at
-        <= stages[2].started_at
-        <= stages[2].finished_at
-        <= stages[3].started_at
-    )
+    engine_estate.assert_stages_in_order(rollback)
     steps = Step.objects.filter(rollback=rollback).select_related("stage")
     for step in steps.exclude(is_manual=True):
         first = step.attempt_set.order_by("started_at").first()

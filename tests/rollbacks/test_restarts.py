@@ -29,16 +29,17 @@ import pytest
 
 from config.celery import app
 from rollbacks import engine
-from rollbacks.models import Rollback, Stage, Step
+from rollbacks.models import Rollback, Step
 from tests.conftest import WORKER_ARGS, start_celery, stop_process
 from tests.rollbacks import engine_estate
+from tests.rollbacks.engine_estate import orders_in as _orders
+from tests.rollbacks.engine_estate import state_of as _state
+from tests.rollbacks.engine_estate import step_of as _step
 from tests.rollbacks.engine_estate import wait_for as _wait
-from tests.rollbacks.test_engine_worker import _orders, _state, _step, orders_target
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(240)]
 S, R = Step.State, Rollback.State
 PATH = "/orders-api/orders/1/cancel"
-__all__ = ["orders_target"]  # a fixture of this module too
 
 
 def _free_port() -> int:
@@ -171,13 +172,7 @@ def _finish(rollback, alice, ctx, timeout: float = 90.0):
 
 
 def _assert_in_order_with_one_effect_each(rollback, ctx):
-    stages = {s.index: s for s in Stage.objects.filter(rollback=rollback)}
-    assert (
-        stages[1].finished_at
-        <= stages[2].started_at
-        <= stages[2].finished_at
-        <= stages[3].started_at
-    )
+    engine_estate.assert_stages_in_order(rollback)
     effects = [e["path"] for e in ctx["target"].effects]
     assert sorted(effects) == sorted(set(effects)), effects  # no effect twice
     assert PATH in effects
