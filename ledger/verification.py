@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from hashlib import sha256
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from django.conf import settings
@@ -297,26 +299,20 @@ def _walk_in_python(alias: str):
     )
 
     def walked():
-        previous = None  # the row before, with its predecessor's seq and hash and position
-        for row in rows:
-            values = dict(zip(names, row, strict=True))
-            try:
-                hash_ok = sha256(canonical(values).encode()).hexdigest() == values["hash"]
-            except CanonicalError:
-                hash_ok = None
-            current = [values["id"], values["chain"], values["seq"], values["prev_hash"]]
-            current += [values["hash"], hash_ok]
-            if previous is not None and previous[1] == values["chain"]:
-                current += [previous[2], previous[4], False, previous[9] + 1]
-            else:
-                current += [None, None, False, 1]
-            if previous is not None:
-                previous[8] = previous[1] != values["chain"]
-                yield tuple(previous)
-            previous = current
-        if previous is not None:
-            previous[8] = True
-            yield tuple(previous)
+        for chain, entries in groupby(rows, key=itemgetter(names.index("chain"))):
+            held, prev_seq, prev_digest = None, None, None  # a row waits to learn if it is last
+            for position, row in enumerate(entries, 1):
+                values = dict(zip(names, row, strict=True))
+                try:
+                    hash_ok = sha256(canonical(values).encode()).hexdigest() == values["hash"]
+                except CanonicalError:
+                    hash_ok = None
+                if held is not None:
+                    yield (*held, False, position - 1)
+                held = (values["id"], chain, values["seq"], values["prev_hash"], values["hash"])
+                held += (hash_ok, prev_seq, prev_digest)
+                prev_seq, prev_digest = values["seq"], values["hash"]
+            yield (*held, True, position)
 
     return _pages(walked())
 
