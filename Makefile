@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# The demo's loopback targets (demo/targets.py); seed_demo points the demo estate at them.
+DEMO_TARGETS_PORT ?= 9100
 
 .PHONY: run test lint format lock demo-data clean
 
@@ -22,6 +24,8 @@ $(VENV)/.dev-installed: requirements-dev.lock | $(BIN)/python
 ## the demo's loopback targets until Ctrl-C (embedded defaults: SQLite, filesystem broker).
 run: export DEBUG ?= 1
 run: export TARGET_DATABASE_ORDERS ?= sqlite:///$(CURDIR)/var/demo-orders.sqlite3
+run: export DEMO_TARGETS_PORT := $(DEMO_TARGETS_PORT)
+run: export DEMO_TARGETS_URL := http://127.0.0.1:$(DEMO_TARGETS_PORT)
 run: $(VENV)/.run-installed
 	$(BIN)/python manage.py migrate --no-input -v 0
 	$(BIN)/python manage.py seed_demo

@@ -303,6 +303,16 @@ CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "schedule": float(LEDGER_CHECKPOINT_INTERVAL_S),
 }
 
+# The demo (make run) -------------------------------------------------------------------------
+# Where the demo's loopback targets (demo/targets.py) answer. demo/estate.yaml names them at
+# http://127.0.0.1:9100; seed_demo points the estate it loads at this base instead, so the
+# tests can serve the targets on a free port beside a running `make run`.
+DEMO_TARGETS_URL = os.environ.get("DEMO_TARGETS_URL", "http://127.0.0.1:9100").rstrip("/")
+if not DEMO_TARGETS_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(
+        f"DEMO_TARGETS_URL={DEMO_TARGETS_URL!r} must start with http:// or https://"
+    )
+
 # Alerts and escalation (docs/alerts.md) ----------------------------------------------------
 # Where notifications link to (absolute URLs in emails and webhooks), e.g. https://unwind.example.com
 UNWIND_BASE_URL = os.environ.get("UNWIND_BASE_URL", "").rstrip("/")

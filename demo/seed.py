@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import dj_database_url
+from django.conf import settings
 
 from rollbacks import runs
 from rollbacks.targets import target_urls
 
 ORDERS = (1001, 1002)
+ESTATE = Path(__file__).resolve().parent / "estate.yaml"
+# The base demo/estate.yaml names its loopback targets at (demo/targets.py, `make run`'s port).
+ESTATE_TARGETS_URL = "http://127.0.0.1:9100"
+
+
+def estate_text(targets_url: str | None = None) -> str:
+    """demo/estate.yaml with its targets at ``targets_url`` (default: DEMO_TARGETS_URL)."""
+    text = ESTATE.read_text()
+    targets_url = (targets_url or settings.DEMO_TARGETS_URL).rstrip("/")
+    return text.replace(ESTATE_TARGETS_URL + "/", targets_url + "/")
 
 
 def prepare_orders_db() -> str:

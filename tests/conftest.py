@@ -2,13 +2,19 @@
 
 The cast (STYLE.md): alice (operator), bob (approver), carol (auditor), dave (admin),
 mallory (outsider). Set ``UNWIND_REQUIRE_SERVICES=1`` (``.ci/run`` does) to make a skipped
-``postgres`` or ``redis`` test fail the run instead of passing silently.
+``postgres``, ``redis`` or ``tools(...)`` test fail the run instead of passing silently, naming
+what it needed.
+
+``@pytest.mark.tools("amtool", "prometheus-alertmanager")`` marks a test that needs those
+commands on the PATH: without them it is skipped, saying which are missing (``.ci/run``
+installs them, the way it installs Chromium).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 import pytest
 from django.conf import settings
@@ -18,23 +24,43 @@ REQUIRE_SERVICES = os.environ.get("UNWIND_REQUIRE_SERVICES") == "1"
 
 # PBKDF2 with fewer iterations: see tests/hashers.py.
 settings.PASSWORD_HASHERS = ["tests.hashers.FastPBKDF2PasswordHasher"]
-_skipped_service_tests: list[str] = []
+# nodeid -> what it needed (a service or a tool) and did not have
+_skipped_service_tests: dict[str, str] = {}
+
+
+def missing_tools(item) -> list[str]:
+    """The commands a ``tools(...)`` marker names that are not on the PATH."""
+    return [
+        tool
+        for marker in item.iter_markers("tools")
+        for tool in marker.args
+        if shutil.which(tool) is None
+    ]
+
+
+def _needs(item) -> list[str]:
+    needs = []
+    if "postgres" in item.keywords and not settings.IS_POSTGRES:
+        needs.append("PostgreSQL (set DATABASE_URL=postgres://…)")
+    if "redis" in item.keywords and not os.environ.get("REDIS_URL"):
+        needs.append("Redis (set REDIS_URL=redis://…)")
+    if missing := missing_tools(item):
+        needs.append(f"{', '.join(missing)} (not on the PATH; .ci/run installs it)")
+    return needs
 
 
 def pytest_collection_modifyitems(config, items):
-    has_redis = bool(os.environ.get("REDIS_URL"))
     for item in items:
-        if "postgres" in item.keywords and not settings.IS_POSTGRES:
-            item.add_marker(
-                pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://…")
-            )
-        if "redis" in item.keywords and not has_redis:
-            item.add_marker(pytest.mark.skip(reason="needs Redis: set REDIS_URL=redis://…"))
+        if needs := _needs(item):
+            item.add_marker(pytest.mark.skip(reason="needs " + "; ".join(needs)))
+            item.user_properties.append(("unwind_needs", "; ".join(needs)))
 
 
 def pytest_runtest_logreport(report):
-    if report.skipped and ("postgres" in report.keywords or "redis" in report.keywords):
-        _skipped_service_tests.append(report.nodeid)
+    """A skipped test that needs a service or a tool, whatever skipped it, is recorded."""
+    needs = dict(report.user_properties).get("unwind_needs")
+    if report.skipped and (needs or {"postgres", "redis", "tools"} & set(report.keywords)):
+        _skipped_service_tests[report.nodeid] = needs or str(report.longrepr[-1])
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -45,11 +71,12 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_terminal_summary(terminalreporter):
     if REQUIRE_SERVICES and _skipped_service_tests:
         terminalreporter.write_line(
-            f"FAILED: {len(_skipped_service_tests)} test(s) that need PostgreSQL or Redis were skipped:",
+            f"FAILED: {len(_skipped_service_tests)} test(s) that need a service or a tool "
+            "were skipped:",
             red=True,
         )
-        for nodeid in _skipped_service_tests:
-            terminalreporter.write_line(f"  {nodeid}", red=True)
+        for nodeid, needs in _skipped_service_tests.items():
+            terminalreporter.write_line(f"  {nodeid}: needs {needs}", red=True)
 
 
 def _user(django_user_model, username: str, *groups: str, **extra):

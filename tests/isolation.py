@@ -10,9 +10,9 @@ pytest-django imports ``config.settings``. Under ``pytest -n N`` the worker ``gw
   in ``$UNWIND_VAR_DIR/gwK`` (``var/gwK`` by default);
 - gets its own PostgreSQL test database from pytest-django (``test_<name>_gwK``).
 
-Without xdist (or with ``-n 0``) nothing changes. What cannot be given per worker — the
-demo targets' fixed port 9100 — is taken in turns under a lock file (the ``demo_targets``
-fixture in ``tests/browser/conftest.py``).
+Without xdist (or with ``-n 0``) nothing changes. No test needs a fixed port: the demo's
+targets are served on a free port and the estate is pointed at them (the ``demo_targets``
+fixture in ``tests/browser/conftest.py``), so `make test` runs beside `make run`.
 """
 
 from __future__ import annotations

@@ -19,28 +19,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def demo_targets():
-    """The demo's loopback targets (demo/targets.py) on 127.0.0.1:9100, the port the demo
-    estate's URLs name; yields their state (calls, effects, injected failures).
-
-    One port for every test that uses them: a test in another process (a pytest-xdist
-    worker of this run, or another run on this machine) waits on a lock file until the one
-    that holds the port has closed it.
-    """
-    import fcntl
-    import tempfile
-
+def demo_targets(settings):
+    """The demo's loopback targets (demo/targets.py) on a free port, with DEMO_TARGETS_URL
+    pointing at them, so the estate seed_demo loads afterwards calls them (and not a
+    `make run` serving 127.0.0.1:9100 on the same machine); yields their state (calls,
+    effects, injected failures)."""
     from demo.targets import serve
 
-    with open(Path(tempfile.gettempdir()) / "unwind-demo-targets-9100.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        try:
-            server, state = serve(9100)
-        except OSError as exc:
-            pytest.fail(f"the demo targets need 127.0.0.1:9100, which is taken: {exc}")
-        yield state
-        server.shutdown()
-        server.server_close()
+    server, state = serve(0)
+    settings.DEMO_TARGETS_URL = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")

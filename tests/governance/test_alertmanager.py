@@ -12,7 +12,6 @@ Every wait is bounded and Alertmanager is always killed.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -35,10 +34,7 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.redis,
     pytest.mark.timeout(180),
-    pytest.mark.skipif(
-        not shutil.which("prometheus-alertmanager") or not shutil.which("amtool"),
-        reason="needs Debian's prometheus-alertmanager and amtool",
-    ),
+    pytest.mark.tools("prometheus-alertmanager", "amtool"),  # Debian's prometheus-alertmanager
 ]
 R = Rollback.State
 

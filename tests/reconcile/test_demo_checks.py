@@ -4,18 +4,13 @@ left behind and are clean once it is undone, so ``make run`` shows reconciliatio
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 import yaml
 
-from demo.seed import ORDERS, prepare_orders_db
+from demo.seed import ORDERS, estate_text, prepare_orders_db
 from reconcile.checks import run_check
 from rollbacks.contracts import validate_reconciliation
-
-DEMO = Path(__file__).resolve().parents[2] / "demo" / "estate.yaml"
-DEMO_BASE = "http://127.0.0.1:9100"
 
 
 @pytest.fixture
@@ -24,7 +19,7 @@ def checks(target_server, tmp_path, monkeypatch):
     base, _ = target_server
     monkeypatch.setenv("TARGET_DATABASE_ORDERS", f"sqlite:///{tmp_path / 'orders.sqlite3'}")
     prepare_orders_db()  # the rows the demo run inserted
-    text = DEMO.read_text().replace(DEMO_BASE, base)
+    text = estate_text(base)
     contracts = yaml.safe_load(text)["contracts"]
     found = {c["system"]: c["reconciliation"] for c in contracts if c.get("reconciliation")}
     return base, found

@@ -1,6 +1,3 @@
-from pathlib import Path
-
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
@@ -23,19 +20,18 @@ DEMO_USERS = {
 
 class Command(BaseCommand):
     help = (
-        "Load the demo estate (demo/estate.yaml through the estate import: systems, map, contracts, "
+        "Load the demo estate (demo/estate.yaml through the estate import, its targets at "
+        "DEMO_TARGETS_URL: systems, map, contracts, "
         "approval policies, trigger rules), the demo runbooks and the policy pre-approving one, "
         "the demo users and the failed demo run."
     )
 
     def handle(self, *args, **options):
-        path = Path(settings.BASE_DIR) / "demo" / "estate.yaml"
-        result = import_document(parse(path.read_text()), actor="command:seed_demo")
+        text = seed.estate_text()  # its targets at DEMO_TARGETS_URL
+        result = import_document(parse(text), actor="command:seed_demo")
         self.stdout.write(f"estate: {len(result.changes)} change(s)")
         self.stdout.write(seed.runbooks(actor="command:seed_demo"))
-        result = import_document(
-            seed.with_runbook_policies(parse(path.read_text())), actor="command:seed_demo"
-        )
+        result = import_document(seed.with_runbook_policies(parse(text)), actor="command:seed_demo")
         self.stdout.write(f"runbook policies: {len(result.changes)} change(s)")
         User = get_user_model()
         with transaction.atomic():
