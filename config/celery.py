@@ -3,7 +3,13 @@
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun, worker_init, worker_process_init
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -49,3 +55,27 @@ def _init_tracing(**_kwargs) -> None:
     from config.telemetry import setup_tracing
 
     setup_tracing(instrument_celery=True)
+
+
+@worker_process_init.connect
+def _start_execution_loop(**_kwargs) -> None:
+    """Each pool process runs its own execution loop (rollbacks/runner.py, docs/engine.md):
+    ``run_step`` hands it the step, and many steps are in flight per process."""
+    import socket
+
+    from django.conf import settings
+
+    if settings.ENGINE_RUNNER:
+        from rollbacks import runner
+
+        runner.start(worker=f"{socket.gethostname()}:{os.getpid()}")
+
+
+@worker_process_shutdown.connect
+def _stop_execution_loop(**_kwargs) -> None:
+    # A warm shutdown lets the steps in flight finish and be recorded; a cold one leaves
+    # them to their leases.
+    from rollbacks import runner
+
+    if (loop := runner.current()) is not None:
+        loop.stop(timeout=10)

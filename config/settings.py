@@ -263,6 +263,18 @@ SWEEP_INTERVAL_S = env_int("SWEEP_INTERVAL_S", 5, minimum=1)
 # The engine's fast path (docs/engine.md): a worker that finishes a step runs the next
 # stage's step itself, without a broker hop, up to this many in a row; 0 turns it off.
 ENGINE_INLINE_STEPS = env_int("ENGINE_INLINE_STEPS", 20, minimum=0)
+# The execution loop (rollbacks/runner.py, docs/engine.md): each worker process runs up to
+# ENGINE_STEPS_IN_FLIGHT steps at once; a step waiting on its target holds no pool process.
+# Off (0): a pool process runs one step at a time, as Celery tasks (the sweeper then re-sends
+# lost messages).
+ENGINE_RUNNER = env_bool("ENGINE_RUNNER", True)
+ENGINE_STEPS_IN_FLIGHT = env_int("ENGINE_STEPS_IN_FLIGHT", 64, minimum=1)
+# Blocking compensations (SQL, drill faults) run on this many threads per worker process.
+ENGINE_SYNC_THREADS = env_int("ENGINE_SYNC_THREADS", 8, minimum=1)
+# How often an idle loop looks for due steps whose message it did not get (lost, or sent
+# to a busy worker), in milliseconds; and the claim's lease, renewed every third of it.
+ENGINE_POLL_MS = env_int("ENGINE_POLL_MS", 250, minimum=10)
+ENGINE_LEASE_S = env_int("ENGINE_LEASE_S", 4, minimum=2)
 # Health checks older than this are pruned by the beat task (docs/dashboard.md).
 HEALTH_HISTORY_RETENTION_DAYS = env_int("HEALTH_HISTORY_RETENTION_DAYS", 30, minimum=1)
 DASHBOARD_POLL_S = env_int("DASHBOARD_POLL_S", 10, minimum=1)  # the overview's htmx refresh

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, Q
@@ -45,7 +46,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("unwind.engine")
 
 RUN_STEP = "rollbacks.tasks.run_step"
-LEASE = timedelta(seconds=15)  # renewed every LEASE/3 while an attempt runs
+# A claim's lease, renewed every LEASE/3 while the attempt runs: a killed worker's steps are
+# handed on within one lease (docs/engine.md, "Recovery").
+LEASE = timedelta(seconds=settings.ENGINE_LEASE_S)
 REDISPATCH_AFTER = timedelta(seconds=15)  # a pending step not claimed by then lost its message
 S = Step.State
 R = Rollback.State
@@ -807,14 +810,27 @@ def _claim(step_id: int, worker: str, outbox_id: int | None = None) -> tuple[Ste
         else:
             step.state, step.lease_expires_at = S.RUNNING, now + LEASE
             step.attempts, step.fencing_token = claimed
-        attempt = Attempt.objects.create(
-            step=step,
-            number=step.attempts,
-            fencing_token=step.fencing_token,
-            worker=worker,
-            started_at=now,
-            trace_id=step.rollback.trace_id,
-        )
+        (attempt,) = open_attempts([step], worker, now)
+    return step, attempt
+
+
+def open_attempts(steps: list[Step], worker: str, now) -> list[Attempt]:
+    """The attempts of steps just claimed (one INSERT) and their ``step.attempt.started``
+    entries, in the claim's transaction."""
+    attempts = Attempt.objects.bulk_create(
+        [
+            Attempt(
+                step=step,
+                number=step.attempts,
+                fencing_token=step.fencing_token,
+                worker=worker,
+                started_at=now,
+                trace_id=step.rollback.trace_id,
+            )
+            for step in steps
+        ]
+    )
+    for step in steps:
         ledger.record(
             actor="worker",
             action="step.attempt.started",
@@ -828,7 +844,7 @@ def _claim(step_id: int, worker: str, outbox_id: int | None = None) -> tuple[Ste
                 "is_drill": step.rollback.is_drill,
             },
         )
-    return step, attempt
+    return attempts
 
 
 _PG_CLAIM = (
@@ -956,9 +972,24 @@ def step_run(*, step_id: int, worker: str = "worker") -> str:
         step_id, outbox_id = held[0].kwargs["step_id"], held[0].pk
 
 
+def step_work(step: Step, traceparent: str):
+    """What an executor gets for one attempt of ``step``."""
+    from rollbacks.executors import StepWork
+
+    return StepWork(
+        kind=step.kind,
+        spec=step.spec,
+        idempotency_key=step.idempotency_key,
+        timeout_s=step.timeout_s,
+        traceparent=traceparent,
+        before=step.forward_action.before,
+        after=step.forward_action.after,
+    )
+
+
 def _run_claimed(step_id: int, worker: str, outbox_id: int | None) -> tuple[bool, str]:
     """(claimed, what happened) for one step: claim, execute, record."""
-    from rollbacks.executors import ExecutorError, StepWork
+    from rollbacks.executors import ExecutorError
 
     claimed = _claim(step_id, worker, outbox_id)
     if claimed is None:
@@ -972,15 +1003,7 @@ def _run_claimed(step_id: int, worker: str, outbox_id: int | None) -> tuple[bool
         ):
             headers: dict[str, str] = {}
             inject(headers)
-            work = StepWork(
-                kind=step.kind,
-                spec=step.spec,
-                idempotency_key=step.idempotency_key,
-                timeout_s=step.timeout_s,
-                traceparent=headers.get("traceparent", ""),
-                before=step.forward_action.before,
-                after=step.forward_action.after,
-            )
+            work = step_work(step, headers.get("traceparent", ""))
             try:
                 result = _executor_for(step, attempt).execute(work)
             except ExecutorError as exc:
@@ -1011,82 +1034,101 @@ def _record(
     error: str = "",
     permanent: bool = False,
 ) -> str:
-    now = timezone.now()
     with transaction.atomic():
         rollback = Rollback.objects.select_for_update().get(pk=step.rollback_id)
-        mine = Step.objects.filter(pk=step.pk, fencing_token=attempt.fencing_token, state=S.RUNNING)
-        if ok:
-            outcome, fields, verdict = (
-                Attempt.Outcome.SUCCEEDED,
-                {
-                    "state": S.SUCCEEDED,
-                    "finished_at": now,
-                    "output": output or {},
-                    "last_error": "",
-                },
-                "succeeded",
-            )
-        elif not permanent and step.retryable and step.attempts < step.max_attempts:
-            retry_at = now + _backoff(step)
-            outcome, fields, verdict = (
-                Attempt.Outcome.TRANSIENT,
-                {"state": S.RETRY_WAIT, "next_attempt_at": retry_at, "last_error": error},
-                "will retry",
-            )
-        else:
-            why = (
-                "permanent error"
-                if permanent
-                else ("not retryable" if not step.retryable else f"{step.attempts} attempts used")
-            )
-            outcome = Attempt.Outcome.PERMANENT if permanent else Attempt.Outcome.TRANSIENT
-            fields, verdict = (
-                {"state": S.FAILED, "last_error": f"{error} ({why}; waiting for a human)"},
-                "failed",
-            )
-        if not mine.update(lease_expires_at=None, **fields):
-            # Our lease expired and the step was handed to someone else: a zombie's answer.
-            Attempt.objects.filter(pk=attempt.pk).update(
-                outcome=Attempt.Outcome.REFUSED, finished_at=now, error=error, output=output or {}
-            )
-            ledger.record(
-                actor="worker",
-                action="step.attempt.refused",
-                subject=step,
-                rollback_id=rollback.pk,
-                trace_id=rollback.trace_id,
-                outcome="refused",
-                payload={
-                    "attempt": attempt.number,
-                    "fencing_token": attempt.fencing_token,
-                    "is_drill": rollback.is_drill,
-                },
-            )
-            return "refused"
+        verdict = record_locked(
+            rollback, step, attempt, ok=ok, output=output, error=error, permanent=permanent
+        )
+        if verdict != "refused":
+            advance(rollback)
+    return verdict
+
+
+def record_locked(
+    rollback: Rollback,
+    step: Step,
+    attempt: Attempt,
+    *,
+    ok: bool,
+    output: dict | None = None,
+    error: str = "",
+    permanent: bool = False,
+) -> str:
+    """``_record`` inside the caller's transaction, holding ``rollback``'s row lock; the
+    caller runs ``advance`` afterwards (once per rollback when it records several steps)."""
+    now = timezone.now()
+    mine = Step.objects.filter(pk=step.pk, fencing_token=attempt.fencing_token, state=S.RUNNING)
+    if ok:
+        outcome, fields, verdict = (
+            Attempt.Outcome.SUCCEEDED,
+            {
+                "state": S.SUCCEEDED,
+                "finished_at": now,
+                "output": output or {},
+                "last_error": "",
+            },
+            "succeeded",
+        )
+    elif not permanent and step.retryable and step.attempts < step.max_attempts:
+        retry_at = step.next_attempt_at = now + _backoff(step)
+        outcome, fields, verdict = (
+            Attempt.Outcome.TRANSIENT,
+            {"state": S.RETRY_WAIT, "next_attempt_at": retry_at, "last_error": error},
+            "will retry",
+        )
+    else:
+        why = (
+            "permanent error"
+            if permanent
+            else ("not retryable" if not step.retryable else f"{step.attempts} attempts used")
+        )
+        outcome = Attempt.Outcome.PERMANENT if permanent else Attempt.Outcome.TRANSIENT
+        fields, verdict = (
+            {"state": S.FAILED, "last_error": f"{error} ({why}; waiting for a human)"},
+            "failed",
+        )
+    if not mine.update(lease_expires_at=None, **fields):
+        # Our lease expired and the step was handed to someone else: a zombie's answer.
         Attempt.objects.filter(pk=attempt.pk).update(
-            outcome=outcome, finished_at=now, error=error, output=output or {}
+            outcome=Attempt.Outcome.REFUSED, finished_at=now, error=error, output=output or {}
         )
         ledger.record(
             actor="worker",
-            action=f"step.attempt.{'succeeded' if ok else 'failed'}",
+            action="step.attempt.refused",
             subject=step,
             rollback_id=rollback.pk,
             trace_id=rollback.trace_id,
-            outcome="ok" if ok else "failed",
-            reason=error,
+            outcome="refused",
             payload={
                 "attempt": attempt.number,
-                "verdict": verdict,
-                "output": output or {},
-                "permanent": permanent,
+                "fencing_token": attempt.fencing_token,
                 "is_drill": rollback.is_drill,
             },
         )
-        if fields["state"] == S.RETRY_WAIT:
-            _dispatch(Step.objects.filter(pk=step.pk))
-        if rollback.is_terminal:  # aborted while this attempt ran: its effect still counts
-            _write_summary(rollback)
-        advance(rollback)
+        return "refused"
+    Attempt.objects.filter(pk=attempt.pk).update(
+        outcome=outcome, finished_at=now, error=error, output=output or {}
+    )
+    ledger.record(
+        actor="worker",
+        action=f"step.attempt.{'succeeded' if ok else 'failed'}",
+        subject=step,
+        rollback_id=rollback.pk,
+        trace_id=rollback.trace_id,
+        outcome="ok" if ok else "failed",
+        reason=error,
+        payload={
+            "attempt": attempt.number,
+            "verdict": verdict,
+            "output": output or {},
+            "permanent": permanent,
+            "is_drill": rollback.is_drill,
+        },
+    )
+    if fields["state"] == S.RETRY_WAIT:
+        _dispatch_due([(step.pk, fields["next_attempt_at"])])
+    if rollback.is_terminal:  # aborted while this attempt ran: its effect still counts
+        _write_summary(rollback)
     return verdict
 
 
@@ -1096,14 +1138,27 @@ def _record(
 def sweep() -> dict[str, int]:
     """Recover what crashes left behind. Safe to run anywhere, any number of times at once.
 
-    1. Steps whose lease expired (the worker died): the attempt is marked lost, the fencing
-       token is bumped so a zombie's late answer is refused, and the step is retried — or
-       waits for a human when its attempts are used up.
-    2. Pending steps of running rollbacks whose message was lost are dispatched again.
+    1. Steps whose lease expired (the worker died) are handed on (``expire_leases``).
+    2. Without the execution loop (``ENGINE_RUNNER`` off), pending steps of running
+       rollbacks whose message was lost are dispatched again. With it, nothing is re-sent:
+       the loops claim due steps from the database whatever became of their messages, so a
+       message still waiting in the broker is never sent twice.
     3. Outbox rows that a crash between commit and publish left unsent are published.
     """
     now = timezone.now()
-    counts = {"expired": 0, "redispatched": 0, "published": 0}
+    counts = {"expired": expire_leases(now), "redispatched": 0, "published": 0}
+    if not settings.ENGINE_RUNNER:
+        counts["redispatched"] = _redispatch_lost(now)
+    counts["published"] = outbox.publish_due()
+    return counts
+
+
+def expire_leases(now=None) -> int:
+    """Steps whose lease expired: the attempt is marked lost, the fencing token bumped so a
+    zombie's late answer is refused, and the step retried at once — or left waiting for a
+    human when its attempts are used up. Returns how many were handed on."""
+    now = now or timezone.now()
+    expired = 0
     for step_id in Step.objects.filter(state=S.RUNNING, lease_expires_at__lt=now).values_list(
         "pk", flat=True
     ):
@@ -1144,7 +1199,12 @@ def sweep() -> dict[str, int]:
             if not exhausted and rollback.state == R.RUNNING:
                 _dispatch(Step.objects.filter(pk=step.pk))
             advance(rollback)
-            counts["expired"] += 1
+            expired += 1
+    return expired
+
+
+def _redispatch_lost(now) -> int:
+    """Pending steps of running stages not claimed REDISPATCH_AFTER after their dispatch."""
     stale = (
         Step.objects.filter(
             state__in=(S.PENDING, S.RETRY_WAIT),
@@ -1158,6 +1218,4 @@ def sweep() -> dict[str, int]:
         ids = list(stale.values_list("pk", flat=True)[:1000])
         if ids:
             _dispatch(Step.objects.filter(pk__in=ids))
-        counts["redispatched"] = len(ids)
-    counts["published"] = outbox.publish_due()
-    return counts
+    return len(ids)

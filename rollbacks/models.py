@@ -90,6 +90,11 @@ class System(models.Model):
         default=False,
         help_text="A rehearsal target: drills may touch it, production plans may not.",
     )
+    max_in_flight = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="At most this many of its steps run at once, across all workers; empty for no limit.",
+    )
     health = models.CharField(max_length=10, choices=Health.choices, default=Health.UNKNOWN)
     health_checked_at = models.DateTimeField(null=True, blank=True)
     health_detail = models.CharField(max_length=300, blank=True)

@@ -4,7 +4,7 @@ import socket
 
 from celery import shared_task
 
-from rollbacks import engine
+from rollbacks import engine, runner
 from rollbacks.health import check_health, prune_history
 from rollbacks.models import System
 
@@ -28,9 +28,15 @@ def check_system_health(*, system_id: int) -> None:
 
 @shared_task(ignore_result=True, max_retries=0, acks_late=True)
 def run_step(*, step_id: int) -> str:
-    """Claim and run one step. A duplicate or late message finds nothing to claim."""
+    """Claim and run one step. A duplicate or late message finds nothing to claim.
+
+    In a worker process with an execution loop (rollbacks/runner.py) the step is handed to
+    the loop, and this pool process is free again at once."""
     import os
 
+    if (loop := runner.current()) is not None:
+        loop.nudge(step_id)
+        return "handed to the execution loop"
     return engine.step_run(step_id=step_id, worker=f"{WORKER}:{os.getpid()}")
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import httpx
+
 from .base import Outcome, StepWork
-from .http import request
+from .http import request, request_async
 
 
 def flag_off_url(spec: dict) -> str:
@@ -28,11 +30,18 @@ class FlagExecutor:
     """``kind: flag`` — ``base_url``, ``project`` (default ``default``), ``feature``, ``environment``."""
 
     def execute(self, work: StepWork) -> Outcome:
-        outcome = request(work, method="POST", url=flag_off_url(work.spec))
-        outcome.output["flag"] = {
-            "project": work.spec.get("project") or "default",
-            "feature": work.spec["feature"],
-            "environment": work.spec["environment"],
-            "enabled": False,
-        }
-        return outcome
+        return _with_flag(work, request(work, method="POST", url=flag_off_url(work.spec)))
+
+    async def execute_async(self, work: StepWork, client: httpx.AsyncClient) -> Outcome:
+        outcome = await request_async(client, work, method="POST", url=flag_off_url(work.spec))
+        return _with_flag(work, outcome)
+
+
+def _with_flag(work: StepWork, outcome: Outcome) -> Outcome:
+    outcome.output["flag"] = {
+        "project": work.spec.get("project") or "default",
+        "feature": work.spec["feature"],
+        "environment": work.spec["environment"],
+        "enabled": False,
+    }
+    return outcome

@@ -36,46 +36,40 @@ def _is_replayed(response: httpx.Response) -> bool:
     return isinstance(body, dict) and body.get("replayed") is True
 
 
-def request(
-    work: StepWork,
-    *,
-    method: str,
-    url: str,
-    headers: dict[str, str] | None = None,
-    body: Any = None,
-    expect_status: list[int] | None = None,
-) -> Outcome:
-    """Send one request for ``work``; the shared core of the http and flag executors."""
+def _headers(work: StepWork, headers: dict[str, str] | None) -> httpx.Headers:
     sent_headers = httpx.Headers(headers or {})  # case-insensitive, so these replace any
     # Idempotency-Key or traceparent a contract set: the step's own always win.
     sent_headers["Idempotency-Key"] = _quoted(work.idempotency_key)
     if work.traceparent:
         sent_headers["traceparent"] = work.traceparent
-    what = f"{method} {url}"
-    try:
-        response = httpx.request(
-            method,
-            url,
-            headers=sent_headers,
-            json=body,  # None: no body at all
-            timeout=work.timeout_s,
-        )
-    except httpx.TimeoutException as exc:
-        raise ExecutorError(
-            f"{what}: timed out after {work.timeout_s}s ({type(exc).__name__})", permanent=False
-        ) from exc
-    except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
-        raise ExecutorError(f"{what}: {type(exc).__name__}: {exc}", permanent=True) from exc
-    except httpx.TransportError as exc:  # refused, reset, DNS, the target hung up
-        raise ExecutorError(f"{what}: {type(exc).__name__}: {exc}", permanent=False) from exc
+    return sent_headers
 
+
+def _transport_error(work: StepWork, what: str, exc: Exception) -> ExecutorError:
+    """The ExecutorError for an exception httpx raised while sending ``what``."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ExecutorError(
+            f"{what}: timed out after {work.timeout_s}s ({type(exc).__name__})", permanent=False
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.InvalidURL):
+        return ExecutorError(f"{what}: {type(exc).__name__}: {exc}", permanent=True)
+    # refused, reset, DNS, the target hung up
+    return ExecutorError(f"{what}: {type(exc).__name__}: {exc}", permanent=False)
+
+
+_SEND_ERRORS = (httpx.TransportError, httpx.InvalidURL)
+
+
+def _outcome(
+    response: httpx.Response, *, method: str, url: str, expect_status: list[int] | None
+) -> Outcome:
     status = response.status_code
     excerpt = response.text[:EXCERPT_CHARS]
     is_expected = status in expect_status if expect_status else 200 <= status < 300
     if not is_expected:
         is_transient = status >= 500 or status in TRANSIENT_STATUSES
         raise ExecutorError(
-            f"{what}: {status} {response.reason_phrase}: {excerpt[:200]}",
+            f"{method} {url}: {status} {response.reason_phrase}: {excerpt[:200]}",
             permanent=not is_transient,
         )
     return Outcome(
@@ -89,16 +83,69 @@ def request(
     )
 
 
+def request(
+    work: StepWork,
+    *,
+    method: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+    expect_status: list[int] | None = None,
+) -> Outcome:
+    """Send one request for ``work``; the shared core of the http and flag executors."""
+    try:
+        response = httpx.request(
+            method,
+            url,
+            headers=_headers(work, headers),
+            json=body,  # None: no body at all
+            timeout=work.timeout_s,
+        )
+    except _SEND_ERRORS as exc:
+        raise _transport_error(work, f"{method} {url}", exc) from exc
+    return _outcome(response, method=method, url=url, expect_status=expect_status)
+
+
+async def request_async(
+    client: httpx.AsyncClient,
+    work: StepWork,
+    *,
+    method: str,
+    url: str,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+    expect_status: list[int] | None = None,
+) -> Outcome:
+    """``request`` on the execution loop's shared client: the same headers, timeout and
+    error classes, without holding a thread while the target answers."""
+    try:
+        response = await client.request(
+            method,
+            url,
+            headers=_headers(work, headers),
+            json=body,
+            timeout=work.timeout_s,
+        )
+    except _SEND_ERRORS as exc:
+        raise _transport_error(work, f"{method} {url}", exc) from exc
+    return _outcome(response, method=method, url=url, expect_status=expect_status)
+
+
+def _request_fields(spec: dict) -> dict:
+    return {
+        "method": spec.get("method", "POST"),
+        "url": spec["url"],
+        "headers": spec.get("headers"),
+        "body": spec.get("body"),
+        "expect_status": spec.get("expect_status"),
+    }
+
+
 class HttpExecutor:
     """``kind: http`` — call an undo endpoint (``url``, ``method``, ``headers``, ``body``)."""
 
     def execute(self, work: StepWork) -> Outcome:
-        spec = work.spec
-        return request(
-            work,
-            method=spec.get("method", "POST"),
-            url=spec["url"],
-            headers=spec.get("headers"),
-            body=spec.get("body"),
-            expect_status=spec.get("expect_status"),
-        )
+        return request(work, **_request_fields(work.spec))
+
+    async def execute_async(self, work: StepWork, client: httpx.AsyncClient) -> Outcome:
+        return await request_async(client, work, **_request_fields(work.spec))

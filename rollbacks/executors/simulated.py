@@ -8,6 +8,7 @@ permanently: the schema has no such option, on purpose.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -22,12 +23,20 @@ class SimulatedExecutor:
 
     def execute(self, work: StepWork) -> Outcome:
         latency_s = work.spec.get("latency_ms", 0) / 1000
+        time.sleep(min(latency_s, work.timeout_s))
+        return self._after_sleep(work, latency_s)
+
+    async def execute_async(self, work: StepWork, client=None) -> Outcome:
+        latency_s = work.spec.get("latency_ms", 0) / 1000
+        if latency_s:
+            await asyncio.sleep(min(latency_s, work.timeout_s))
+        return self._after_sleep(work, latency_s)
+
+    def _after_sleep(self, work: StepWork, latency_s: float) -> Outcome:
         if latency_s > work.timeout_s:
-            time.sleep(work.timeout_s)
             raise ExecutorError(
                 f"simulated step timed out after {work.timeout_s}s", permanent=False
             )
-        time.sleep(latency_s)
         failure_rate = work.spec.get("failure_rate", 0)
         if failure_rate and self.rng.random() < failure_rate:
             raise ExecutorError(
@@ -42,3 +51,6 @@ class RehearsalExecutor:
 
     def execute(self, work: StepWork) -> Outcome:
         return Outcome({"simulated": True, "rehearsal_of": work.kind})
+
+    async def execute_async(self, work: StepWork, client=None) -> Outcome:
+        return self.execute(work)

@@ -310,7 +310,8 @@ def test_second_rollback_of_a_run_is_refused_while_one_is_under_way(estate, alic
         engine.rollback_plan(run=run, actor=alice, reason="again")
 
 
-def test_sweeper_redispatches_a_step_whose_message_was_lost(estate, alice):
+def test_sweeper_redispatches_a_step_whose_message_was_lost(estate, alice, settings):
+    settings.ENGINE_RUNNER = False  # without execution loops, the sweeper re-sends
     rollback = engine.rollback_plan(run=engine_estate.failed_run(), actor=alice, reason="r")
     engine.rollback_start(rollback=rollback, actor=alice)
     Outbox.objects.all().delete()  # the message is gone
@@ -320,6 +321,25 @@ def test_sweeper_redispatches_a_step_whose_message_was_lost(estate, alice):
     assert Outbox.objects.filter(
         kwargs__step_id=rollback.steps.get(system__slug="flags").pk
     ).exists()
+
+
+def test_with_execution_loops_a_lost_message_is_claimed_from_the_database_not_resent(
+    estate, alice, settings
+):
+    from rollbacks import runner
+
+    settings.ENGINE_RUNNER = True
+    rollback = engine.rollback_plan(run=engine_estate.failed_run(), actor=alice, reason="r")
+    engine.rollback_start(rollback=rollback, actor=alice)
+    Outbox.objects.all().delete()  # the message is gone
+    long_ago = timezone.now() - timedelta(minutes=5)
+    Step.objects.filter(rollback=rollback, state=S.PENDING).update(dispatched_at=long_ago)
+    assert engine.sweep()["redispatched"] == 0
+    assert not Outbox.objects.exists()
+    # A loop looking for due work (no message named the step) claims it.
+    (claimed,) = runner.claim_batch(hints={}, limit=10, worker="loop")
+    assert claimed.step.system.slug == "flags" and claimed.attempt.number == 1
+    assert Step.objects.get(pk=claimed.step.pk).state == S.RUNNING
 
 
 def test_outbox_rows_left_unsent_by_a_crash_are_published_by_the_sweeper(

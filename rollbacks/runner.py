@@ -1,0 +1,514 @@
+"""The execution loop: many steps in flight per worker process (docs/engine.md).
+
+Each Celery prefork pool process starts one ``Runner`` (``config/celery.py``,
+``worker_process_init``). The ``run_step`` task only hands its step id to it and returns,
+so a step waiting on its target holds no pool process. The loop:
+
+1. **Claims** in one transaction as many due steps as it has free slots
+   (``ENGINE_STEPS_IN_FLIGHT``): the steps its messages named first, then any other due step
+   of a running stage — so a lost message, or one sent to a busy worker, never strands a
+   step. The claim is the engine's compare-and-set (pending or due for a retry, not manual,
+   its rollback running, its stage under way), taken under one advisory lock so that the
+   per-system limit (``System.max_in_flight``) holds across workers. The starter's
+   authority is checked again per rollback; the attempts and their ledger entries are
+   written in the same transaction.
+2. **Executes** each claimed step as an asyncio task: HTTP, flag and simulated steps on one
+   shared ``httpx.AsyncClient``; blocking ones (SQL, a drill's faults) on a small thread
+   pool (``ENGINE_SYNC_THREADS``). A target that hangs holds one slot until its timeout,
+   and nothing else.
+3. **Records** the results that finished meanwhile in one transaction (the rollbacks'
+   rows locked in id order, each step's fencing-token compare-and-set, ``advance`` once
+   per rollback). The steps that record dispatches and that are due at once are claimed by
+   this loop itself (their outbox rows marked sent in the claim); the others go out.
+4. Renews the leases of its steps every third of a lease on a thread of its own, and hands
+   on any step whose lease expired (a killed worker's) every second.
+
+All database work runs on one thread (one connection), never on the event loop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.db.models import Q
+from django.utils import timezone
+from opentelemetry.propagate import inject
+
+from rollbacks import authority, engine, outbox
+from rollbacks.models import Attempt, Outbox, Rollback, Stage, Step
+
+log = logging.getLogger(__name__)
+S = Step.State
+R = Rollback.State
+CLAIM_LOCK = 0x756E77696E64  # pg_advisory_xact_lock key of the claim ("unwind")
+LEASE_CHECK_S = 1.0  # how often a loop hands on steps whose lease expired
+
+_current: Runner | None = None
+
+
+def current() -> Runner | None:
+    """This process's running loop, if it has one."""
+    return _current if _current is not None and _current.is_alive() else None
+
+
+def start(*, worker: str) -> Runner:
+    """Start this process's loop (a pool process, after the fork)."""
+    global _current
+    _current = Runner(worker=worker)
+    _current.start()
+    return _current
+
+
+# Claim ----------------------------------------------------------------------------------------
+
+_PG_CANDIDATES = """
+WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(lock)s) AS locked),
+cand AS (
+    SELECT s.id, s.system_id, sy.max_in_flight AS cap,
+           (s.id = ANY(%(hints)s)) AS hinted,
+           coalesce(s.next_attempt_at, s.dispatched_at) AS due,
+           row_number() OVER (
+               PARTITION BY s.system_id
+               ORDER BY (s.id = ANY(%(hints)s)) DESC, coalesce(s.next_attempt_at, s.dispatched_at), s.id
+           ) AS nth
+    FROM rollbacks_step s
+    JOIN rollbacks_rollback r ON r.id = s.rollback_id
+    JOIN rollbacks_stage st ON st.id = s.stage_id
+    JOIN rollbacks_system sy ON sy.id = s.system_id
+    WHERE s.state IN (%(pending)s, %(retry_wait)s) AND NOT s.is_manual
+      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s)
+      AND r.state = %(rollback_running)s
+      AND st.state IN (%(stage_running)s, %(stage_halted)s)
+      AND (SELECT count(*) FROM gate) = 1
+),
+busy AS (
+    SELECT system_id, count(*) AS running FROM rollbacks_step
+    WHERE state = %(running)s AND system_id IN (SELECT system_id FROM cand WHERE cap IS NOT NULL)
+    GROUP BY system_id
+)
+SELECT c.id FROM cand c LEFT JOIN busy b ON b.system_id = c.system_id
+WHERE c.cap IS NULL OR c.nth <= c.cap - coalesce(b.running, 0)
+ORDER BY c.hinted DESC, c.due NULLS FIRST, c.id
+LIMIT %(limit)s
+"""
+
+# The engine's claim (engine._PG_CLAIM) for several steps at once.
+_PG_CLAIM_MANY = (
+    "UPDATE rollbacks_step AS s SET state = %(running)s, attempts = s.attempts + 1, "
+    "fencing_token = s.fencing_token + 1, lease_expires_at = %(lease)s "
+    "FROM rollbacks_rollback AS r, rollbacks_stage AS st "
+    "WHERE s.id = ANY(%(ids)s) AND s.state IN (%(pending)s, %(retry_wait)s) AND NOT s.is_manual "
+    "AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s) "
+    "AND r.id = s.rollback_id AND r.state = %(rollback_running)s "
+    "AND st.id = s.stage_id AND st.state IN (%(stage_running)s, %(stage_halted)s) "
+    "RETURNING s.id, s.attempts, s.fencing_token"
+)
+
+
+def _params(now: datetime, **extra) -> dict[str, Any]:
+    return {
+        "now": now,
+        "running": S.RUNNING,
+        "pending": S.PENDING,
+        "retry_wait": S.RETRY_WAIT,
+        "rollback_running": R.RUNNING,
+        "stage_running": Stage.State.RUNNING,
+        "stage_halted": Stage.State.HALTED,
+        **extra,
+    }
+
+
+@dataclass
+class Claimed:
+    step: Step
+    attempt: Attempt
+    executor: Any
+    started: float = field(default_factory=time.monotonic)
+
+
+def _refused(steps: list[Step]) -> set[int]:
+    """The steps whose rollback's starter may no longer act on their system (authority.py):
+    asked once per rollback for all its systems, and per system only when that refuses."""
+    refused: set[int] = set()
+    by_rollback: dict[int, list[Step]] = {}
+    for step in steps:
+        by_rollback.setdefault(step.rollback_id, []).append(step)
+    for group in by_rollback.values():
+        rollback = group[0].rollback
+        if not authority.refusal(rollback, list({s.system_id: s.system for s in group}.values())):
+            continue
+        for step in group:
+            if authority.refuse(step):  # fails it, waiting for a human, and ledgers why
+                refused.add(step.pk)
+    return refused
+
+
+def claim_batch(*, hints: dict[int, int | None], limit: int, worker: str) -> list[Claimed]:
+    """Claim up to ``limit`` due steps, the hinted ones first (step id -> the outbox row
+    this loop holds for it, marked sent in the claim). One transaction."""
+    if limit <= 0:
+        return []
+    if connection.vendor != "postgresql":
+        return _claim_one_by_one(hints=hints, limit=limit, worker=worker)
+    now = timezone.now()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _PG_CANDIDATES,
+                _params(now, lock=CLAIM_LOCK, hints=list(hints), limit=limit),
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+        if not ids:
+            return []
+        steps = list(
+            Step.objects.filter(pk__in=ids).select_related(
+                "rollback__started_by", "system", "forward_action"
+            )
+        )
+        refused = _refused(steps)
+        ids = [s.pk for s in steps if s.pk not in refused]
+        if not ids:
+            return []
+        with connection.cursor() as cursor:
+            cursor.execute(_PG_CLAIM_MANY, _params(now, ids=ids, lease=now + engine.LEASE))
+            claimed = {pk: (attempts, token) for pk, attempts, token in cursor.fetchall()}
+        # In rollback order, as the ledger's chains are taken (ledger/services.py).
+        steps = sorted((s for s in steps if s.pk in claimed), key=lambda s: (s.rollback_id, s.pk))
+        for step in steps:
+            step.state, step.lease_expires_at = S.RUNNING, now + engine.LEASE
+            step.attempts, step.fencing_token = claimed[step.pk]
+        attempts = engine.open_attempts(steps, worker, now)
+        sent = [hints[s.pk] for s in steps if hints.get(s.pk)]
+        if sent:
+            outbox.mark_sent(sent, at=now)  # taken at the claim: no broker hop
+        return [
+            Claimed(step, attempt, engine._executor_for(step, attempt))
+            for step, attempt in zip(steps, attempts, strict=True)
+        ]
+
+
+def _claim_one_by_one(*, hints: dict[int, int | None], limit: int, worker: str) -> list[Claimed]:
+    """SQLite (the embedded demo): the engine's own claim, one step after another."""
+    now = timezone.now()
+    due = (
+        Step.objects.filter(
+            state__in=(S.PENDING, S.RETRY_WAIT),
+            is_manual=False,
+            rollback__state=R.RUNNING,
+            stage__state__in=(Stage.State.RUNNING, Stage.State.HALTED),
+        )
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .exclude(pk__in=list(hints))
+        .order_by("next_attempt_at", "dispatched_at", "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    out: list[Claimed] = []
+    caps = dict(
+        Step.objects.filter(pk__in=[*hints, *due], system__max_in_flight__isnull=False)
+        .values_list("system_id", "system__max_in_flight")
+        .distinct()
+    )
+    for step_id in [*hints, *due]:
+        if len(out) >= limit:
+            break
+        system_id = Step.objects.values_list("system_id", flat=True).get(pk=step_id)
+        if system_id in caps and (
+            Step.objects.filter(system_id=system_id, state=S.RUNNING).count() >= caps[system_id]
+        ):
+            continue
+        claimed = engine._claim(step_id, worker, hints.get(step_id))
+        if claimed is not None:
+            step, attempt = claimed
+            out.append(Claimed(step, attempt, engine._executor_for(step, attempt)))
+    return out
+
+
+# Record ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    claimed: Claimed
+    outcome: dict[str, Any]
+    verdict: str = ""
+
+
+def record_batch(results: list[Result]) -> None:
+    """Record finished attempts in one transaction: lock their rollbacks in id order, apply
+    each step's compare-and-set, then advance each rollback once. Sets ``result.verdict``."""
+    ids = sorted({r.claimed.step.rollback_id for r in results})
+    with transaction.atomic():
+        locked = {
+            rb.pk: rb
+            for rb in Rollback.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+        }
+        moved: set[int] = set()
+        for result in sorted(
+            results, key=lambda r: (r.claimed.step.rollback_id, r.claimed.step.pk)
+        ):
+            step = result.claimed.step
+            result.verdict = engine.record_locked(
+                locked[step.rollback_id], step, result.claimed.attempt, **result.outcome
+            )
+            if result.verdict != "refused":
+                moved.add(step.rollback_id)
+        for pk in ids:
+            if pk in moved:
+                engine.advance(locked[pk])
+
+
+def record_each(results: list[Result]) -> None:
+    """``record_batch`` one result at a time (after a batch failed: one bad record must
+    not keep the others from being recorded)."""
+    for result in results:
+        try:
+            result.verdict = engine._record(
+                result.claimed.step, result.claimed.attempt, **result.outcome
+            )
+        except Exception:
+            log.exception("step %s: could not record its attempt", result.claimed.step.pk)
+            result.verdict = "unrecorded"  # its lease expires and the sweeper hands it on
+
+
+# Leases ---------------------------------------------------------------------------------------
+
+
+class _LeaseRenewer(threading.Thread):
+    """Renews the leases of every step the loop has in flight, in one UPDATE, every third
+    of a lease — on its own thread and connection, so a long batch cannot starve it."""
+
+    def __init__(self, inflight: Callable[[], list[tuple[int, int]]]):
+        super().__init__(daemon=True, name="unwind-lease")
+        self.inflight, self.stopped = inflight, threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(engine.LEASE.total_seconds() / 3):
+                pairs = self.inflight()
+                if not pairs:
+                    continue
+                match = Q()
+                for pk, token in pairs:
+                    match |= Q(pk=pk, fencing_token=token)
+                try:
+                    Step.objects.filter(match, state=S.RUNNING).update(
+                        lease_expires_at=timezone.now() + engine.LEASE
+                    )
+                except Exception:  # the database is away: try again next time
+                    log.exception("lease renewal failed")
+                    connections["default"].close()
+        finally:
+            connections.close_all()
+
+
+# The loop -------------------------------------------------------------------------------------
+
+
+class Runner:
+    """One per worker process; see the module docstring."""
+
+    def __init__(self, *, worker: str, capacity: int | None = None):
+        self.worker = worker
+        self.capacity = capacity or settings.ENGINE_STEPS_IN_FLIGHT
+        self.poll_s = settings.ENGINE_POLL_MS / 1000
+        self._hints: dict[int, int | None] = {}
+        self._hint_lock = threading.Lock()
+        self._inflight: dict[int, Claimed] = {}
+        self._done: list[Result] = []
+        self._stopping = False
+        self._loop = asyncio.new_event_loop()
+        self._wake: asyncio.Event | None = None
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="unwind-db")
+        self._sync = ThreadPoolExecutor(
+            settings.ENGINE_SYNC_THREADS, thread_name_prefix="unwind-step"
+        )
+        self._thread = threading.Thread(target=self._run, daemon=True, name="unwind-runner")
+        self._renewer = _LeaseRenewer(self._leases)
+        self.stats = {"claimed": 0, "recorded": 0, "batches": 0}
+
+    # Called from other threads ------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+        self._renewer.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def nudge(self, step_id: int | None = None, outbox_id: int | None = None) -> None:
+        """A message named this step (or only says: look for due work)."""
+        if step_id is not None:
+            with self._hint_lock:
+                self._hints[step_id] = outbox_id or self._hints.get(step_id)
+        self._loop.call_soon_threadsafe(self._poke)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; let the steps in flight finish and be recorded (up to ``timeout``)."""
+        if not self.is_alive():
+            return
+        self._loop.call_soon_threadsafe(self._begin_stop)
+        self._thread.join(timeout)
+        self._renewer.stopped.set()
+
+    # On the loop --------------------------------------------------------------------------
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        self._poke()
+
+    def _leases(self) -> list[tuple[int, int]]:
+        return [(c.step.pk, c.step.fencing_token) for c in list(self._inflight.values())]
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._db.submit(connections.close_all).result(timeout=5)
+            self._loop.close()
+
+    async def _on_db(self, fn, /, *args, **kwargs):
+        def call():
+            # What Django does around each request, here around each batch: a connection
+            # that an error left unusable, or that is too old, is replaced.
+            for conn in connections.all(initialized_only=True):
+                conn.close_if_unusable_or_obsolete()
+            return fn(*args, **kwargs)
+
+        return await self._loop.run_in_executor(self._db, call)
+
+    async def _main(self) -> None:
+        self._wake = asyncio.Event()
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=self.capacity)
+        async with httpx.AsyncClient(limits=limits) as self.client:
+            next_lease_check = 0.0
+            poll = True  # look for due work at once: messages may have gone before we started
+            while True:
+                if self._done:
+                    await self._record(self._done)
+                    poll = True  # a record may have dispatched steps
+                if self._stopping:
+                    if not self._inflight:
+                        break
+                elif time.monotonic() >= next_lease_check:
+                    try:
+                        if await self._on_db(engine.expire_leases):
+                            poll = True
+                    except Exception:
+                        log.exception("expire_leases failed")
+                    next_lease_check = time.monotonic() + LEASE_CHECK_S
+                if not self._stopping:
+                    with self._hint_lock:
+                        hints, self._hints = self._hints, {}
+                    if (hints or poll) and len(self._inflight) < self.capacity:
+                        poll = await self._claim(hints)
+                    else:
+                        self._publish_held(hints)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+                except TimeoutError:
+                    poll = True
+                self._wake.clear()
+
+    async def _claim(self, hints: dict[int, int | None]) -> bool:
+        """Claim what fits; True when the loop is full (there may be more due work)."""
+        free = self.capacity - len(self._inflight)
+        try:
+            claimed = await self._on_db(claim_batch, hints=hints, limit=free, worker=self.worker)
+        except Exception:
+            log.exception("claim failed")
+            claimed = []
+        taken = {c.step.pk for c in claimed}
+        self._publish_held({pk: ob for pk, ob in hints.items() if pk not in taken})
+        for c in claimed:
+            self._inflight[c.step.pk] = c
+            asyncio.ensure_future(self._execute(c))
+        self.stats["claimed"] += len(claimed)
+        return len(claimed) >= free
+
+    def _publish_held(self, hints: dict[int, int | None]) -> None:
+        """Outbox rows this loop held but did not claim: send them, any worker may have them."""
+        held = [ob for ob in hints.values() if ob]
+        if held:
+            self._db.submit(outbox.publish, held)
+
+    async def _execute(self, c: Claimed) -> None:
+        step = c.step
+        try:
+            with engine.tracer.start_as_current_span(
+                f"compensate {step.system.slug}",
+                context=engine._traceparent(step.rollback.trace_id),
+            ):
+                headers: dict[str, str] = {}
+                inject(headers)
+                work = engine.step_work(step, headers.get("traceparent", ""))
+                outcome = await self._call(c.executor, work)
+        except Exception as exc:  # never lose the step
+            log.exception("step %s: unexpected error", step.pk)
+            outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "permanent": False}
+        self._done.append(Result(c, outcome))
+        self._poke()
+
+    async def _call(self, executor, work) -> dict[str, Any]:
+        from rollbacks.executors import ExecutorError
+
+        try:
+            if hasattr(executor, "execute_async"):
+                # The executor's own timeout applies; this one only guards against a bug.
+                result = await asyncio.wait_for(
+                    executor.execute_async(work, self.client), timeout=work.timeout_s * 2 + 5
+                )
+            else:
+                result = await self._loop.run_in_executor(self._sync, executor.execute, work)
+        except ExecutorError as exc:
+            return {"ok": False, "error": str(exc), "permanent": exc.permanent}
+        except TimeoutError:
+            return {"ok": False, "error": f"no answer within {work.timeout_s}s", "permanent": False}
+        except Exception as exc:  # a bug or an unexpected driver error: retried
+            log.exception("executor %s failed", type(executor).__name__)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "permanent": False}
+        return {"ok": True, "output": result.output}
+
+    async def _record(self, done: list[Result]) -> None:
+        batch, self._done = list(done), []
+        held: list[Outbox] = []
+
+        def record() -> None:
+            hold = outbox.holding(engine.RUN_STEP, held) if settings.ENGINE_INLINE_STEPS else None
+            try:
+                if hold is not None:
+                    with hold:
+                        record_batch(batch)
+                else:
+                    record_batch(batch)
+            except Exception:
+                log.exception("recording %s results together failed; one by one", len(batch))
+                held.clear()
+                record_each(batch)
+
+        await self._on_db(record)
+        self.stats["recorded"] += len(batch)
+        self.stats["batches"] += 1
+        for result in batch:
+            self._inflight.pop(result.claimed.step.pk, None)
+            step = result.claimed.step
+            if result.verdict == "will retry" and step.next_attempt_at:
+                delay = max(0.0, (step.next_attempt_at - timezone.now()).total_seconds())
+                self._loop.call_later(delay, self._poke)
+        if held:
+            with self._hint_lock:
+                for row in held:
+                    self._hints[row.kwargs["step_id"]] = row.pk
