@@ -20,6 +20,9 @@ It still names its rollback, and it is hash-chained and verified like any other 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.db import connections, router
@@ -52,6 +55,8 @@ _PG_LOCK_HEAD = (
 _PG_TRY_HEAD = _PG_LOCK_HEAD.format(mode=" SKIP LOCKED")
 _PG_WAIT_HEAD = _PG_LOCK_HEAD.format(mode="")
 _pg_sequences: dict[str, str] = {}
+# Entries recorded inside ``deferred()``, written together when it ends.
+_deferred: ContextVar[list[Entry] | None] = ContextVar("ledger_deferred", default=None)
 
 
 def chain_order_key(chain: str) -> str:
@@ -161,12 +166,8 @@ def record(
     # What the database will give back (tuples become lists, keys strings), so that the
     # hash computed now is the hash of what verification reads later.
     payload = json.loads(json.dumps(payload or {}))
-    chain, seq, prev_hash, entry_id = _lock_head(connection, chain_for(rollback_id))
     entry = Entry(
-        id=entry_id,
-        chain=chain,
-        seq=seq + 1,
-        prev_hash=prev_hash,
+        chain=chain_for(rollback_id),
         at=timezone.now(),
         actor=actor_label(actor),
         actor_user=user,
@@ -179,6 +180,12 @@ def record(
         trace_id=trace_id or current_trace_id(),
         payload=payload,
     )
+    pending = _deferred.get()
+    if pending is not None and connection.vendor == "postgresql":
+        pending.append(entry)  # written when deferred() ends, with the others
+        return entry
+    chain, seq, prev_hash, entry.id = _lock_head(connection, entry.chain)
+    entry.chain, entry.seq, entry.prev_hash = chain, seq + 1, prev_hash
     entry.hash = entry_hash(entry.hashed_fields())
     if connection.vendor == "postgresql":
         _pg_append(connection, entry)
@@ -188,6 +195,92 @@ def record(
             seq=entry.seq, hash=entry.hash
         )
     return entry
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, ``record()`` keeps its entries, and they are written together when
+    the block ends — still inside the caller's transaction: each chain's head is locked once
+    (in the chains' lock order), every entry is inserted by one statement and every head
+    moved by another, instead of two round trips an entry. For a worker recording a batch
+    of steps (rollbacks/runner.py).
+
+    Only around code that does not roll back a savepoint it recorded in and carry on: the
+    kept entries would be written all the same. An exception out of the block writes
+    nothing (the transaction is rolling back). The entries' ids, seqs and hashes are set
+    when they are written. On SQLite, entries are written as they are recorded.
+    """
+    if _deferred.get() is not None:  # nested: the outer block writes them
+        yield
+        return
+    pending: list[Entry] = []
+    token = _deferred.set(pending)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+    if pending:
+        _pg_append_many(connections[router.db_for_write(Entry)], pending)
+
+
+def _pg_append_many(connection, entries: list[Entry]) -> None:
+    """Write ``entries`` (in the order recorded within each chain): lock each chain's head
+    once, in lock order; take their ids; hash them in chain order; insert them all and move
+    every head in one statement."""
+    wanted: dict[str, list[Entry]] = {}
+    for entry in entries:
+        wanted.setdefault(entry.chain, []).append(entry)
+    chains: dict[str, list[Entry]] = {}  # the chain each entry joins, in lock order
+    starts: dict[str, tuple[int, str]] = {}
+    ids: list[int] = []
+    for chain in sorted(wanted, key=chain_order_key):
+        got, seq, prev_hash, entry_id = _lock_head(connection, chain)
+        ids.append(entry_id)
+        if got not in chains:  # else taken by an earlier group (lock order): go on from it
+            chains[got], starts[got] = [], (seq, prev_hash)
+        chains[got].extend(wanted[chain])
+    if len(ids) < len(entries):
+        # Still holding every head: nobody else appends to these chains meanwhile, so the
+        # ids keep growing with seq inside each chain (verification walks them in id order).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
+                [_pg_sequence(connection), len(entries) - len(ids)],
+            )
+            ids.extend(row[0] for row in cursor.fetchall())
+    next_id = iter(sorted(ids))
+    heads: dict[str, tuple[int, str]] = {}
+    for chain, group in chains.items():
+        seq, prev_hash = starts[chain]
+        for entry in group:
+            entry.id, entry.chain, entry.seq, entry.prev_hash = (
+                next(next_id),
+                chain,
+                seq + 1,
+                prev_hash,
+            )
+            entry.hash = entry_hash(entry.hashed_fields())
+            seq, prev_hash = entry.seq, entry.hash
+        heads[chain] = (seq, prev_hash)
+    fields = Entry._meta.concrete_fields
+    columns = ", ".join(f.column for f in fields)
+    rows = ", ".join("(" + ", ".join("%s" for _ in fields) + ")" for _ in entries)
+    values = [
+        f.get_db_prep_save(getattr(e, f.attname), connection) for e in entries for f in fields
+    ]
+    moved = ", ".join("(%s, %s, %s)" for _ in heads)
+    head_values = [v for chain, (seq, digest) in heads.items() for v in (chain, seq, digest)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH new AS (INSERT INTO ledger_entry ({columns}) VALUES {rows} RETURNING 1) "
+            "UPDATE ledger_chainhead AS h SET seq = v.seq, hash = v.hash "
+            f"FROM (VALUES {moved}) AS v(chain, seq, hash) "
+            "WHERE h.chain = v.chain AND EXISTS (SELECT 1 FROM new)",
+            [*values, *head_values],
+        )
+    for entry in entries:
+        entry._state.adding = False
+        entry._state.db = connection.alias
 
 
 def _pg_append(connection, entry: Entry) -> None:

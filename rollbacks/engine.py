@@ -368,7 +368,7 @@ def rollback_reject(*, rollback: Rollback, actor: Any, reason: str) -> None:
     )
     rollback.steps.filter(state__in=(S.PENDING,)).update(state=S.CANCELLED)
     rollback.stages.filter(state=Stage.State.PENDING).update(state=Stage.State.CANCELLED)
-    _write_summary(rollback)
+    write_summary(rollback)
 
 
 def rollback_reopen(*, rollback: Rollback, actor: Any, reason: str) -> None:
@@ -527,7 +527,7 @@ def rollback_abort(*, rollback: Rollback, actor: Any, reason: str) -> Rollback:
             state=S.CANCELLED
         )
         rollback.stages.filter(state=Stage.State.PENDING).update(state=Stage.State.CANCELLED)
-        _write_summary(rollback)
+        write_summary(rollback)
     return rollback
 
 
@@ -710,7 +710,7 @@ def advance(rollback: Rollback) -> None:
         action="rollback.finished",
         finished_at=now,
     )
-    _write_summary(rollback)
+    write_summary(rollback)
 
 
 def _record_stage(rollback: Rollback, stage: Stage, action: str) -> None:
@@ -766,7 +766,8 @@ def rollback_outcome(rollback: Rollback) -> dict[str, list[str]]:
     return {"undone": undone, "not_undone": not_undone}
 
 
-def _write_summary(rollback: Rollback) -> None:
+def write_summary(rollback: Rollback) -> None:
+    """Store what was undone and what was not on the rollback (``rollback_outcome``)."""
     outcome = rollback_outcome(rollback)
     text = f"Undone: {len(outcome['undone'])} of {len(outcome['undone']) + len(outcome['not_undone'])} steps."
     if outcome["not_undone"]:
@@ -1109,6 +1110,28 @@ def record_locked(
     Attempt.objects.filter(pk=attempt.pk).update(
         outcome=outcome, finished_at=now, error=error, output=output or {}
     )
+    record_attempt_entry(
+        rollback, step, attempt, verdict, output=output, error=error, permanent=permanent
+    )
+    if fields["state"] == S.RETRY_WAIT:
+        _dispatch_due([(step.pk, fields["next_attempt_at"])])
+    if rollback.is_terminal:  # aborted while this attempt ran: its effect still counts
+        write_summary(rollback)
+    return verdict
+
+
+def record_attempt_entry(
+    rollback: Rollback,
+    step: Step,
+    attempt: Attempt,
+    verdict: str,
+    *,
+    output: dict | None = None,
+    error: str = "",
+    permanent: bool = False,
+) -> None:
+    """The ledger entry of an attempt's result (``step.attempt.succeeded`` / ``.failed``)."""
+    ok = verdict == "succeeded"
     ledger.record(
         actor="worker",
         action=f"step.attempt.{'succeeded' if ok else 'failed'}",
@@ -1125,11 +1148,6 @@ def record_locked(
             "is_drill": rollback.is_drill,
         },
     )
-    if fields["state"] == S.RETRY_WAIT:
-        _dispatch_due([(step.pk, fields["next_attempt_at"])])
-    if rollback.is_terminal:  # aborted while this attempt ran: its effect still counts
-        _write_summary(rollback)
-    return verdict
 
 
 # The sweeper --------------------------------------------------------------------------------

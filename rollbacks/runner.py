@@ -29,6 +29,7 @@ All database work runs on one thread (one connection), never on the event loop's
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -45,6 +46,7 @@ from django.db.models import Q
 from django.utils import timezone
 from opentelemetry.propagate import inject
 
+import ledger.services as ledger
 from rollbacks import authority, engine, outbox
 from rollbacks.models import Attempt, Outbox, Rollback, Stage, Step
 
@@ -188,7 +190,8 @@ def claim_batch(*, hints: dict[int, int | None], limit: int, worker: str) -> lis
         for step in steps:
             step.state, step.lease_expires_at = S.RUNNING, now + engine.LEASE
             step.attempts, step.fencing_token = claimed[step.pk]
-        attempts = engine.open_attempts(steps, worker, now)
+        with ledger.deferred():  # one round trip for the entries of every chain
+            attempts = engine.open_attempts(steps, worker, now)
         sent = [hints[s.pk] for s in steps if hints.get(s.pk)]
         if sent:
             outbox.mark_sent(sent, at=now)  # taken at the claim: no broker hop
@@ -246,26 +249,83 @@ class Result:
 
 def record_batch(results: list[Result]) -> None:
     """Record finished attempts in one transaction: lock their rollbacks in id order, apply
-    each step's compare-and-set, then advance each rollback once. Sets ``result.verdict``."""
+    each step's compare-and-set (the successes together, in two statements), then advance
+    each rollback once. The ledger entries are written together. Sets ``result.verdict``."""
     ids = sorted({r.claimed.step.rollback_id for r in results})
-    with transaction.atomic():
+    with transaction.atomic(), ledger.deferred():
         locked = {
             rb.pk: rb
             for rb in Rollback.objects.select_for_update().filter(pk__in=ids).order_by("pk")
         }
+        ordered = sorted(results, key=lambda r: (r.claimed.step.rollback_id, r.claimed.step.pk))
+        succeeded = _record_successes([r for r in ordered if r.outcome.get("ok")])
         moved: set[int] = set()
-        for result in sorted(
-            results, key=lambda r: (r.claimed.step.rollback_id, r.claimed.step.pk)
-        ):
+        for result in ordered:
             step = result.claimed.step
-            result.verdict = engine.record_locked(
-                locked[step.rollback_id], step, result.claimed.attempt, **result.outcome
-            )
+            if step.pk in succeeded:
+                result.verdict = "succeeded"
+                engine.record_attempt_entry(
+                    locked[step.rollback_id],
+                    step,
+                    result.claimed.attempt,
+                    "succeeded",
+                    output=result.outcome.get("output"),
+                )
+            else:  # a failure, or a success whose lease was lost (refused there)
+                result.verdict = engine.record_locked(
+                    locked[step.rollback_id], step, result.claimed.attempt, **result.outcome
+                )
             if result.verdict != "refused":
                 moved.add(step.rollback_id)
         for pk in ids:
             if pk in moved:
+                if locked[pk].is_terminal:  # aborted while its attempts ran: they still count
+                    engine.write_summary(locked[pk])
                 engine.advance(locked[pk])
+
+
+def _record_successes(results: list[Result]) -> set[int]:
+    """The succeeded attempts' compare-and-set on PostgreSQL, in one UPDATE of the steps
+    (those still holding their fencing token) and one of their attempts; returns the steps
+    it moved. Elsewhere (and for the rest) ``engine.record_locked`` does it step by step."""
+    if not results or connection.vendor != "postgresql":
+        return set()
+    now = timezone.now()
+    rows = [
+        (
+            r.claimed.step.pk,
+            r.claimed.attempt.fencing_token,
+            json.dumps(r.outcome.get("output") or {}),
+        )
+        for r in results
+    ]
+    values = ", ".join("(%s::bigint, %s::bigint, %s::jsonb)" for _ in rows)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Step._meta.db_table} AS s SET state = %s, finished_at = %s, "
+            "output = v.output, last_error = '', lease_expires_at = NULL "
+            f"FROM (VALUES {values}) AS v(id, token, output) "
+            "WHERE s.id = v.id AND s.fencing_token = v.token AND s.state = %s RETURNING s.id",
+            [S.SUCCEEDED, now, *[x for row in rows for x in row], S.RUNNING],
+        )
+        moved = {row[0] for row in cursor.fetchall()}
+        attempts = [
+            (r.claimed.attempt.pk, json.dumps(r.outcome.get("output") or {}))
+            for r in results
+            if r.claimed.step.pk in moved
+        ]
+        if attempts:
+            values = ", ".join("(%s::bigint, %s::jsonb)" for _ in attempts)
+            cursor.execute(
+                f"UPDATE {Attempt._meta.db_table} AS a SET outcome = %s, finished_at = %s, "
+                f"error = '', output = v.output FROM (VALUES {values}) AS v(id, output) "
+                "WHERE a.id = v.id",
+                [Attempt.Outcome.SUCCEEDED, now, *[x for row in attempts for x in row]],
+            )
+    for r in results:
+        if r.claimed.step.pk in moved:
+            r.claimed.step.state = S.SUCCEEDED
+    return moved
 
 
 def record_each(results: list[Result]) -> None:

@@ -105,3 +105,41 @@ def test_deleting_a_user_leaves_their_entries_as_they_were(django_user_model, wr
     stored = Entry.objects.get(pk=entry.pk)
     assert stored.actor_user_id == user_id and stored.actor == "user:gone"
     assert verify().is_ok
+
+
+@pytest.mark.postgres
+def test_deferred_entries_are_written_together_chained_as_if_recorded_one_by_one():
+    from ledger.services import deferred
+
+    with transaction.atomic():
+        record(actor="worker", action="before", rollback_id=2)  # a chain that has a head
+        with deferred():
+            for i in range(3):
+                for rollback_id in (3, 2, None):
+                    record(actor="worker", action=f"step.{i}", rollback_id=rollback_id)
+            assert Entry.objects.count() == 1  # nothing written until the block ends
+        record(actor="worker", action="after", rollback_id=3)
+    chains: dict[str, list[Entry]] = {}
+    for entry in Entry.objects.order_by("id"):
+        chains.setdefault(entry.chain, []).append(entry)
+    assert {c: [e.action for e in es] for c, es in chains.items()} == {
+        "rollback:2": ["before", "step.0", "step.1", "step.2"],
+        "rollback:3": ["step.0", "step.1", "step.2", "after"],
+        "global": ["step.0", "step.1", "step.2"],
+    }
+    for entries in chains.values():
+        assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    heads = dict(ChainHead.objects.values_list("chain", "seq"))
+    assert heads == {"rollback:2": 4, "rollback:3": 4, "global": 3}
+    result = verify()
+    assert result.is_ok, result.summary()
+
+
+@pytest.mark.postgres
+def test_an_error_inside_a_deferred_block_writes_none_of_its_entries():
+    from ledger.services import deferred
+
+    with pytest.raises(RuntimeError), transaction.atomic(), deferred():
+        record(actor="worker", action="lost", rollback_id=4)
+        raise RuntimeError("the caller's change failed")
+    assert not Entry.objects.exists() and not ChainHead.objects.filter(seq__gt=0).exists()
