@@ -169,6 +169,12 @@ def sweeps_in(logs: list[tuple[object, int]]) -> dict:
     return total
 
 
+def sweep_counts(sweep: dict) -> str:
+    """``expired 0, redispatched 3, …`` of ``sweeps_in``, or why there is nothing to add."""
+    counts = ", ".join(f"{k} {v}" for k, v in sweep.items() if k != "sweeps")
+    return counts or "none ran (sweep messages wait in the queue like every other)"
+
+
 def log_offsets(procs) -> list[tuple[object, int]]:
     import os
 
@@ -322,7 +328,7 @@ def report(run: dict, raw: dict) -> bool:
     sw = run["sweep"]
     print(
         f"    sweeper during the run (worker log): {sw.get('sweeps', 0)} sweeps, "
-        + ", ".join(f"{k} {v}" for k, v in sw.items() if k != "sweeps")
+        + sweep_counts(sw)
     )
     lost_ok = run["lost"] == 0
     dup_ok = run["n_dup_keys"] == 0 and run["dup_attempts"] == 0 and run["dup_ledger"] == 0
