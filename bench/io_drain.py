@@ -28,9 +28,9 @@ requests per ``Idempotency-Key``.
    but in N of them (every R/N-th) one of the 10 systems is ``hang``, whose target
    (``/hang/<id>``) never answers; its contract gives the step ``timeout_s`` 10, 1 attempt,
    not retryable, so it fails after 10 s and waits for a human (its stage halts; its 9
-   other steps succeed). The run ends when no step is pending, running or waiting for a
-   retry. Reported: the other R − N rollbacks' durations against run 1's (p50 and max
-   ratio; target ≤ 1.2).
+   other steps succeed). The run ends when every step has succeeded, been skipped or
+   cancelled, or waits for a human. Reported: the other R − N rollbacks' durations
+   against run 1's (p50 and max ratio; target ≤ 1.2).
 
 Each run is time-boxed so the script always stops within ``--limit`` (290 s): a box that
 ends first reports the steps that succeeded in it (rate over the box) and how far it got;
@@ -66,7 +66,8 @@ TARGET_RATE = 150.0
 TARGET_HANG_RATIO = 1.2
 RESERVE_S = 40  # for the checks and clean-up at the end
 BOX_RESERVE_S = 35  # after a run that was time-boxed: quiesce, check, restart
-SWEEP_RESULT = re.compile(r"Task rollbacks\.tasks\.sweep\[[^\]]*\] succeeded in [^:]*: (\{.*\})")
+# The engine's sweep task (rollbacks.tasks.sweep, or wherever in rollbacks it moves).
+SWEEP_RESULT = re.compile(r"Task rollbacks\.[\w.]*sweep\[[^\]]*\] succeeded in [^:]*: (\{.*\})")
 
 
 # Setup ---------------------------------------------------------------------------------------
@@ -208,7 +209,9 @@ def drain_run(b: Bench, svc: Services, admin, base: str, rollbacks, box_s: float
 
     ids = [r.pk for r in rollbacks]
     steps = Step.objects.filter(rollback_id__in=ids)
-    open_states = (Step.State.PENDING, Step.State.RUNNING, Step.State.RETRY_WAIT)
+    # Left to run: anything but done, waiting for a human, or cancelled (so a state the
+    # engine may add, a "claimed" say, counts as still running).
+    settled = (*Step.DONE, *Step.NEEDS_HUMAN, Step.State.CANCELLED)
     offsets = log_offsets([svc.worker])
     t0 = time.time()
     in_threads(lambda r: engine.rollback_start(rollback=r, actor=admin), rollbacks)
@@ -216,7 +219,7 @@ def drain_run(b: Bench, svc: Services, admin, base: str, rollbacks, box_s: float
     b.log(f"{label}: {len(ids)} rollbacks started in {started_s:.1f} s from {THREADS} threads")
     deadline = time.monotonic() + box_s - started_s
     next_report = time.monotonic() + 15
-    while (left := steps.filter(state__in=open_states).count()) and time.monotonic() < deadline:
+    while (left := steps.exclude(state__in=settled).count()) and time.monotonic() < deadline:
         if time.monotonic() > next_report:
             ok = steps.filter(state=Step.State.SUCCEEDED).count()
             b.log(f"  … {label}: {ok} steps succeeded, {left} still to run")
@@ -248,7 +251,7 @@ def drain_run(b: Bench, svc: Services, admin, base: str, rollbacks, box_s: float
             .values_list("kwargs", flat=True)
             .iterator()
         }
-        unfinished = list(steps.filter(state__in=open_states).values_list("pk", flat=True))
+        unfinished = list(steps.exclude(state__in=settled).values_list("pk", flat=True))
         lost_boxed = [pk for pk in unfinished if pk not in in_broker and pk not in unsent]
         for r in Rollback.objects.filter(pk__in=ids).exclude(state__in=Rollback.TERMINAL):
             engine.rollback_abort(rollback=r, actor=admin, reason="bench: time box ended")

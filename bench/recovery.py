@@ -214,7 +214,11 @@ def part_worker_kill(b: Bench, sup: Supervisor, admin, base: str, rollbacks) -> 
     start(b, admin, rollbacks)
     worker_a = sup.procs["A"]
 
+    t_started = time.monotonic()
+
     def a_in_flight():
+        """(HTTP calls in flight, those of them on A) once A has 2, or after 15 s with 3 or
+        more in flight, if ``Attempt.worker`` names no process of A's group."""
         from datetime import timedelta
 
         from django.utils import timezone
@@ -225,46 +229,53 @@ def part_worker_kill(b: Bench, sup: Supervisor, admin, base: str, rollbacks) -> 
                 "id", "step_id", "worker", "step__idempotency_key"
             )
         )
-        a_pids = group_pids(worker_a.pid)
         calls = target_stats(base)["calls"] if rows else {}
-        mine = [
-            r
-            for r in rows
-            if attempt_pid(r["worker"]) in a_pids and r["step__idempotency_key"] in calls
-        ]
-        return mine if len(mine) >= 2 else None
+        live = [r for r in rows if r["step__idempotency_key"] in calls]
+        a_pids = group_pids(worker_a.pid)
+        mine = [r for r in live if attempt_pid(r["worker"]) in a_pids]
+        if len(mine) >= 2 or (len(live) >= 3 and time.monotonic() - t_started > 15):
+            return live, mine
+        return None
 
-    in_flight = wait_until(a_in_flight, 60, "worker A to have 2 HTTP calls in flight")
-    all_running = list(running.values_list("step_id", flat=True))
+    live, mine = wait_until(a_in_flight, 60, "worker A to have 2 HTTP calls in flight")
     with sup.lock:
         t_kill = time.time()
         os.killpg(worker_a.pid, signal.SIGKILL)
         worker_a.wait(timeout=10)
     b.log(
-        f"(a) worker A SIGKILLed (process group {worker_a.pid}) with {len(in_flight)} steps in "
-        f"flight; {len(all_running)} steps were running on A and B"
+        f"(a) worker A SIGKILLed (process group {worker_a.pid}) with {len(mine)} HTTP calls in "
+        f"flight; {len(live)} in flight on A and B"
     )
-    killed = {r["step_id"]: r["id"] for r in in_flight}
 
-    def reruns():
-        later = dict(
+    def first_reruns(killed: dict) -> dict:
+        """step → started_at of its first attempt after the killed one."""
+        return dict(
             Attempt.objects.filter(step_id__in=killed)
             .exclude(id__in=killed.values())
-            .order_by("started_at")
+            .order_by("-started_at")
             .values_list("step_id", "started_at")
         )
-        return later if len(later) == len(killed) else None
 
-    try:
-        later = wait_until(reruns, BOX_S, "the killed steps to run again")
-    except RuntimeError:
-        later = dict(
-            Attempt.objects.filter(step_id__in=killed)
-            .exclude(id__in=killed.values())
-            .values_list("step_id", "started_at")
+    if mine:
+        killed = {r["step_id"]: r["id"] for r in mine}
+        try:
+            later = wait_until(
+                lambda: (x := first_reruns(killed)) and len(x) == len(killed) and x,
+                BOX_S,
+                "the killed steps to run again",
+            )
+        except RuntimeError:
+            later = first_reruns(killed)
+        finished = wait_finished(rollbacks, BOX_S)
+    else:  # A's steps told apart afterwards: the calls in flight whose attempt did not succeed
+        finished = wait_finished(rollbacks, BOX_S)
+        killed = dict(
+            Attempt.objects.filter(id__in=[r["id"] for r in live])
+            .exclude(outcome=Attempt.Outcome.SUCCEEDED)
+            .values_list("step_id", "id")
         )
+        later = first_reruns(killed)
     delays = [later[s].timestamp() - t_kill for s in killed if s in later]
-    finished = wait_finished(rollbacks, BOX_S)
     restart = next((t for name, t in sup.restarts if name == "A" and t >= t_kill), None)
     return {
         "killed": len(killed),
