@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -69,8 +71,8 @@ def machine() -> str:
 class Bench:
     """One benchmark run: ``with Bench("drain", limit_s=300) as b: ...``."""
 
-    def __init__(self, name: str, *, limit_s: int):
-        self.name, self.limit_s = name, limit_s
+    def __init__(self, name: str, *, limit_s: int, redis_url: str = REDIS_URL):
+        self.name, self.limit_s, self.redis_url = name, limit_s, redis_url
         self.db = f"unwind_bench_{secrets.token_hex(4)}"
         self.workdir = Path(tempfile.mkdtemp(prefix=f"unwind-bench-{name}-"))
         self.workers: list[subprocess.Popen] = []
@@ -106,10 +108,10 @@ class Bench:
         self.database_url = f"postgres://postgres@127.0.0.1:5432/{self.db}"
         os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
         os.environ["DATABASE_URL"] = self.database_url
-        os.environ["REDIS_URL"] = REDIS_URL
+        os.environ["REDIS_URL"] = self.redis_url
         os.environ.setdefault("DEBUG", "1")
         os.environ.setdefault("LOG_LEVEL", "WARNING")
-        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.redis = redis.Redis.from_url(self.redis_url)
         self.redis.flushdb()
 
         import django
@@ -152,39 +154,84 @@ class Bench:
     ) -> subprocess.Popen:
         """A real ``celery -A config.celery:app worker -I bench.tasks`` on this database and
         Redis db 13, in its own session (killed as a group). Returns once it ran a task."""
-        log_path = self.workdir / f"worker-{name}.log"
-        env = os.environ | {
+        argv = [sys.executable, "-m", "celery", "-A", "config.celery:app", "worker"]
+        argv += ["-I", "bench.tasks", "--concurrency", str(concurrency)]
+        argv += ["-n", f"bench-{name}-{secrets.token_hex(3)}@%h", *WORKER_FLAGS]
+        env = {"DJANGO_SETTINGS_MODULE": settings, "LOG_LEVEL": "WARNING"}
+        proc = self.spawn(argv, name=f"worker-{name}", env=env)
+        self.wait_consuming(proc, name)
+        return proc
+
+    def start_production_worker(
+        self, *, name: str = "w", concurrency: int = 2, env: dict | None = None, wait: bool = True
+    ) -> subprocess.Popen:
+        """The ``worker:`` line of Procfile.demo as it stands (so a change of the production
+        command is measured without touching the benchmark), with ``--concurrency`` set to
+        ``concurrency``, ``-I bench.tasks`` (the baseline tasks and the ping the harness
+        waits for) and a node name. Returns once it ran a task (unless ``wait`` is false)."""
+        line_env, argv = production_command("worker")
+        argv = with_option(argv, "--concurrency", str(concurrency))
+        argv += ["-I", "bench.tasks", "-n", f"bench-{name}-{secrets.token_hex(3)}@%h"]
+        proc = self.spawn(argv, name=f"worker-{name}", env=line_env | (env or {}))
+        if wait:
+            self.wait_consuming(proc, name)
+        return proc
+
+    def start_production_beat(self, *, env: dict | None = None) -> subprocess.Popen:
+        """The ``beat:`` line of Procfile.demo, with its schedule file in the work folder.
+        Returns once beat says it started (it sends its first sweep straight away)."""
+        line_env, argv = production_command("beat")
+        argv = with_option(argv, "--schedule", str(self.workdir / "beat-schedule"))
+        proc = self.spawn(argv, name="beat", env=line_env | (env or {}))
+        deadline = time.monotonic() + 60
+        while "beat: Starting" not in Path(proc.log_path).read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"beat did not start:\n{self.worker_log_tail(proc)}")
+            time.sleep(0.1)
+        return proc
+
+    def spawn(self, argv: list[str], *, name: str, env: dict | None = None) -> subprocess.Popen:
+        """A process of the project on this database and Redis db 13, in its own session
+        (stopped as a group in ``close``), its output in ``<workdir>/<name>.log``."""
+        log_path = self.workdir / f"{name}.log"
+        full_env = os.environ | {
             "DATABASE_URL": self.database_url,
-            "REDIS_URL": REDIS_URL,
+            "REDIS_URL": self.redis_url,
             "DEBUG": "1",
-            "DJANGO_SETTINGS_MODULE": settings,
-            "LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
         }
+        full_env.pop("LOG_LEVEL", None)  # the production default (INFO) unless env says
         with open(log_path, "a") as log:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config.celery:app",
-                    "worker",
-                    "-I",
-                    "bench.tasks",
-                    "--concurrency",
-                    str(concurrency),
-                    "-n",
-                    f"bench-{name}-{secrets.token_hex(3)}@%h",
-                    *WORKER_FLAGS,
-                ],
+                argv,
                 cwd=ROOT,
-                env=env,
+                env=full_env | (env or {}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.workers.append(proc)
         proc.log_path = log_path
+        return proc
+
+    def start_target(
+        self, *, delay_ms: float, name: str = "target"
+    ) -> tuple[subprocess.Popen, str]:
+        """``bench.http_target`` in a process of its own; ``(process, base URL)``."""
+        proc = self.spawn(
+            [sys.executable, "-u", "-m", "bench.http_target", "--delay-ms", str(delay_ms)],
+            name=name,
+        )
+        deadline = time.monotonic() + 20
+        while not (m := re.search(r"^port (\d+)$", Path(proc.log_path).read_text(), re.M)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{self.worker_log_tail(proc)}")
+            time.sleep(0.05)
+        return proc, f"http://127.0.0.1:{m.group(1)}"
+
+    def wait_consuming(self, proc: subprocess.Popen, name: str) -> None:
+        """Until the worker ran a ``bench.tasks.ping``."""
+        log_path = proc.log_path
         from bench.tasks import READY_KEY
         from config.celery import app
 
@@ -200,7 +247,6 @@ class Bench:
                 raise RuntimeError(f"worker {name} did not start:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.05)
         self.redis.delete(READY_KEY)
-        return proc
 
     def stop_worker(self, proc: subprocess.Popen) -> None:
         stop_process(proc)
@@ -212,6 +258,39 @@ class Bench:
             return Path(proc.log_path).read_text()[-chars:]
         except OSError:
             return ""
+
+
+def production_command(process: str, procfile: Path = ROOT / "Procfile.demo"):
+    """``(env, argv)`` of a Procfile line: ``exec`` dropped, ``$BIN_DIR`` the folder of this
+    Python (the project's virtualenv), leading ``NAME=value`` words as environment."""
+    for line in procfile.read_text().splitlines():
+        key, _, command = line.partition(":")
+        if key.strip() == process:
+            break
+    else:
+        raise RuntimeError(f"{procfile.name} has no {process}: line")
+    bin_dir = str(Path(sys.executable).parent)
+    words = shlex.split(command.replace("${BIN_DIR}", bin_dir).replace("$BIN_DIR", bin_dir))
+    env = {}
+    while words and (words[0] == "exec" or re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0])):
+        word = words.pop(0)
+        if word != "exec":
+            name, _, value = word.partition("=")
+            env[name] = value
+    return env, words
+
+
+def with_option(argv: list[str], option: str, value: str) -> list[str]:
+    """``argv`` with ``option value`` (or ``option=value``) replaced, or appended."""
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == option:
+            skip = True
+        elif not word.startswith(option + "="):
+            out.append(word)
+    return [*out, option, value]
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -259,3 +338,32 @@ def make_estate(slugs: list[str], *, edges: list[tuple[str, str, str]], latency_
         services.contract_publish(system=system, actions=actions, actor=admin, note="bench")
     services.dependency_map_publish(edges=edges, actor=admin, note="bench")
     return admin
+
+
+def bulk_runs(admin, process: str, tag: str, systems_per_run: list[list]) -> list:
+    """One process run per entry of ``systems_per_run``, with a completed forward action
+    (``undo``, ``params.id`` unique) on each of its systems, in order; bulk-created."""
+    from rollbacks.models import ForwardAction, ProcessRun
+
+    runs = ProcessRun.objects.bulk_create(
+        ProcessRun(process=process, external_id=str(i), created_by=admin, trace_id=f"{i + 1:032x}")
+        for i in range(len(systems_per_run))
+    )
+    ForwardAction.objects.bulk_create(
+        (
+            ForwardAction(
+                run=run,
+                sequence=j + 1,
+                system=system,
+                action_type="undo",
+                status=ForwardAction.Status.COMPLETED,
+                params={"j": j, "id": f"{tag}-{run.pk}-{j}"},
+                idempotency_key=f"{tag}-{run.pk}-{j}",
+                trace_id=run.trace_id,
+            )
+            for run, systems in zip(runs, systems_per_run, strict=True)
+            for j, system in enumerate(systems)
+        ),
+        batch_size=2000,
+    )
+    return runs

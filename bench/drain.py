@@ -34,7 +34,7 @@ import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bench._harness import Bench, machine, make_estate
+from bench._harness import Bench, bulk_runs, machine, make_estate
 
 TARGET_RATIO = 0.5
 STEPS = 10
@@ -109,33 +109,10 @@ def step_ids_in_broker(b: Bench) -> set[int]:
 
 def setup_runs(admin, slugs: list[str], count: int) -> list:
     """``count`` process runs with one completed forward action per system, bulk-created."""
-    from rollbacks.models import ForwardAction, ProcessRun, System
+    from rollbacks.models import System
 
     systems = list(System.objects.filter(slug__in=slugs).order_by("slug"))
-    runs = ProcessRun.objects.bulk_create(
-        ProcessRun(
-            process="bench-drain", external_id=str(i), created_by=admin, trace_id=f"{i + 1:032x}"
-        )
-        for i in range(count)
-    )
-    ForwardAction.objects.bulk_create(
-        (
-            ForwardAction(
-                run=run,
-                sequence=j + 1,
-                system=system,
-                action_type="undo",
-                status=ForwardAction.Status.COMPLETED,
-                params={"j": j},
-                idempotency_key=f"drain-{run.pk}-{j}",
-                trace_id=run.trace_id,
-            )
-            for run in runs
-            for j, system in enumerate(systems)
-        ),
-        batch_size=2000,
-    )
-    return runs
+    return bulk_runs(admin, "bench-drain", "drain", [systems] * count)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,3 +48,18 @@ def noop(*, target: int) -> None:
     """A no-op that counts itself; the one that reaches ``target`` stamps the time."""
     if r().incr(DRAIN_COUNT_KEY) == target:
         r().set(DRAIN_DONE_KEY, repr(time.time()))
+
+
+HTTP_COUNT_KEY = "bench:http:count"  # INCR per HTTP baseline task run
+HTTP_DONE_KEY = "bench:http:done_at"  # time.time() when the count reached the target
+
+
+@app.task(name="bench.tasks.http_call", ignore_result=True, max_retries=0, acks_late=True)
+def http_call(*, url: str, key: str, target: int) -> None:
+    """What a step's compensation does at its core, without Unwind: one POST with an
+    ``Idempotency-Key`` (httpx, a new connection, as the http executor does), then count."""
+    import httpx
+
+    httpx.post(url, headers={"Idempotency-Key": f'"{key}"'}, timeout=30).raise_for_status()
+    if r().incr(HTTP_COUNT_KEY) == target:
+        r().set(HTTP_DONE_KEY, repr(time.time()))

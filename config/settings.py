@@ -286,6 +286,18 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# Bounded tables (docs/engine.md): beat prunes sent outbox rows older than this and expired
+# sessions every PRUNE_INTERVAL_S, in batches. At least 10 minutes: a sent row is the record
+# that its message went out.
+OUTBOX_RETENTION_S = env_int("OUTBOX_RETENTION_S", 86400, minimum=600)
+PRUNE_INTERVAL_S = env_int("PRUNE_INTERVAL_S", 600, minimum=1)
+CELERY_BEAT_SCHEDULE["prune-tables"] = {
+    "task": "rollbacks.maintenance.prune_tables",
+    "schedule": float(PRUNE_INTERVAL_S),
+}
+# autodiscover_tasks imports each app's tasks module only; the worker imports these too.
+CELERY_IMPORTS = ["rollbacks.maintenance"]
+
 # Reconciliation (docs/reconciliation.md): hand on runs whose worker died.
 CELERY_BEAT_SCHEDULE["reconcile-sweep"] = {
     "task": "reconcile.tasks.sweep",

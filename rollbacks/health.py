@@ -59,8 +59,9 @@ def prune_history(*, now=None) -> int:
     from django.conf import settings
     from django.db.models import Max
 
+    from rollbacks.maintenance import delete_in_batches
+
     cutoff = (now or timezone.now()) - timedelta(days=settings.HEALTH_HISTORY_RETENTION_DAYS)
     newest = HealthCheck.objects.values("system_id").annotate(last=Max("checked_at")).values("last")
     old = HealthCheck.objects.filter(checked_at__lt=cutoff).exclude(checked_at__in=newest)
-    deleted, _ = old.delete()
-    return deleted
+    return delete_in_batches(old)  # short transactions, however large the backlog

@@ -137,5 +137,9 @@ def publish_due() -> int:
 
 
 def prune(older_than: timedelta = timedelta(days=1)) -> int:
-    deleted, _ = Outbox.objects.filter(sent_at__lte=timezone.now() - older_than).delete()
-    return deleted
+    """Delete rows sent (and due) longer ago than ``older_than``, in batches (beat:
+    ``rollbacks.maintenance.prune_tables``); unsent rows stay. The number deleted."""
+    from rollbacks.maintenance import delete_in_batches
+
+    cutoff = timezone.now() - older_than
+    return delete_in_batches(Outbox.objects.filter(sent_at__lte=cutoff, available_at__lte=cutoff))
