@@ -49,6 +49,10 @@ RUN_STEP = "rollbacks.tasks.run_step"
 # A claim's lease, renewed every LEASE/3 while the attempt runs: a killed worker's steps are
 # handed on within one lease (docs/engine.md, "Recovery").
 LEASE = timedelta(seconds=settings.ENGINE_LEASE_S)
+if settings.ENGINE_RUNNER:
+    # With execution loops, a stage's steps dispatched together go out as one message: the
+    # loop that gets it claims them all (as many as it has room for; others poll the rest).
+    outbox.batched(RUN_STEP, as_task="rollbacks.tasks.run_steps", key="step_id", many="step_ids")
 REDISPATCH_AFTER = timedelta(seconds=15)  # a pending step not claimed by then lost its message
 S = Step.State
 R = Rollback.State

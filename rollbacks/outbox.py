@@ -32,6 +32,16 @@ STALE_AFTER = timedelta(seconds=2)  # an unsent row older than this was orphaned
 
 # (task, list): rows of that task due at once go to the list when their transaction commits.
 _held: ContextVar[tuple[str, list[Outbox]] | None] = ContextVar("outbox_held", default=None)
+# task -> (its batch task, the kwarg each row names, the batch task's list kwarg): rows of
+# that task due together go out as one message of the batch task (``batched``).
+_batches: dict[str, tuple[str, str, str]] = {}
+
+
+def batched(task: str, *, as_task: str, key: str, many: str) -> None:
+    """Rows of ``task`` sent together and due at the same moment go out as one message,
+    ``as_task(many=[each row's kwargs[key]])``; a single row goes out as itself. The rows
+    stay one per item, each marked sent (or published again by the sweeper) on its own."""
+    _batches[task] = (as_task, key, many)
 
 
 def enqueue(task: str, *, at: datetime | None = None, **kwargs) -> Outbox:
@@ -79,14 +89,23 @@ def send(rows: list[Outbox]) -> int:
 
     sent = []
     now = timezone.now()
+    groups: dict[tuple[str, datetime], list[Outbox]] = {}
     for row in rows:
-        countdown = max(0.0, (row.available_at - now).total_seconds())
-        try:
-            app.send_task(row.task, kwargs=row.kwargs, countdown=countdown or None)
-        except Exception:  # broker down: the sweeper will try again
-            log.exception("outbox: could not publish %s", row)
-            continue
-        sent.append(row.pk)
+        groups.setdefault((row.task, row.available_at), []).append(row)
+    for (task, available_at), group in groups.items():
+        countdown = max(0.0, (available_at - now).total_seconds())
+        if task in _batches and len(group) > 1:
+            as_task, key, many = _batches[task]
+            messages = [(as_task, {many: [row.kwargs[key] for row in group]}, group)]
+        else:
+            messages = [(task, row.kwargs, [row]) for row in group]
+        for name, kwargs, covered in messages:
+            try:
+                app.send_task(name, kwargs=kwargs, countdown=countdown or None)
+            except Exception:  # broker down: the sweeper will try again
+                log.exception("outbox: could not publish %s", covered[0])
+                continue
+            sent.extend(row.pk for row in covered)
     if sent:
         try:
             _mark_sent_after_publish(sent)

@@ -40,6 +40,21 @@ def run_step(*, step_id: int) -> str:
     return engine.step_run(step_id=step_id, worker=f"{WORKER}:{os.getpid()}")
 
 
+@shared_task(ignore_result=True, max_retries=0, acks_late=True)
+def run_steps(*, step_ids: list[int]) -> str:
+    """The steps of one dispatch (a stage's), in one message (``outbox.batched``): handed to
+    the execution loop together, or run one after another without one."""
+    import os
+
+    if (loop := runner.current()) is not None:
+        for step_id in step_ids:
+            loop.nudge(step_id)
+        return "handed to the execution loop"
+    for step_id in step_ids:
+        engine.step_run(step_id=step_id, worker=f"{WORKER}:{os.getpid()}")
+    return f"ran {len(step_ids)} steps"
+
+
 @shared_task(ignore_result=True, max_retries=0)
 def sweep() -> dict:
     """Beat: recover expired leases, lost messages and unsent outbox rows."""

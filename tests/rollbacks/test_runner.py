@@ -121,6 +121,27 @@ def test_one_record_batch_records_steps_of_several_rollbacks_and_advances_each(m
     assert again.step.pk == last.pk and again.attempt.number == 2
 
 
+@pytest.mark.django_db
+def test_a_stages_steps_dispatched_together_go_out_as_one_message(
+    make_system, alice, monkeypatch, django_capture_on_commit_callbacks
+):
+    from config.celery import app
+
+    systems = _estate(make_system, "http://127.0.0.1:9", 3)
+    sent = []
+    monkeypatch.setattr(
+        app, "send_task", lambda name, kwargs=None, countdown=None: sent.append((name, kwargs))
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        rollback = _rollback(alice, systems, run_id="r1")
+    ((name, kwargs),) = sent
+    assert name == "rollbacks.tasks.run_steps"
+    assert sorted(kwargs["step_ids"]) == sorted(rollback.steps.values_list("pk", flat=True))
+    # One row per step all the same, each marked sent.
+    rows = Outbox.objects.filter(task=engine.RUN_STEP)
+    assert rows.count() == 3 and not rows.filter(sent_at__isnull=True).exists()
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.timeout(120)
