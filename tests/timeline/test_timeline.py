@@ -49,7 +49,7 @@ def estate(make_system, alice):
 def post_event(client, token, body):
     return client.post(
         "/api/v1/events",
-        json.dumps(body),
+        json.dumps(body).replace("Infinity", "1e400"),
         content_type="application/json",
         headers={"Authorization": f"Bearer {token}"},
     )
@@ -93,6 +93,12 @@ def test_an_event_is_stored_joined_to_its_rollback_and_not_ledgered(client, esta
         ({"run": 999999}, "run", "no process run #999999"),
         ({"occurred_at": "2024-05-01T12:00:00"}, "occurred_at", "time zone"),
         ({"colour": "red"}, "colour", "Unknown field"),
+        # What PostgreSQL cannot store is a 400, not a 500 (issue 16, findings 6 to 8).
+        ({"occurred_at": "2024-05-01T12:00:00+20:00"}, "occurred_at", "within ±15:59"),
+        ({"occurred_at": "9999-12-31T23:00:00-05:00"}, "occurred_at", "years 1 to 9999"),
+        ({"payload": {"n": float("inf")}}, "payload.n", "overflows to infinity"),
+        ({"payload": {"\udbef\ude10\udbef": "x"}}, "payload", "lone UTF-16 surrogate"),
+        ({"payload": {"k": ["\udc00"]}}, "payload.k[0]", "lone UTF-16 surrogate"),
     ],
 )
 def test_bad_events_are_refused_naming_the_field(client, estate, alice, body, field, words):
