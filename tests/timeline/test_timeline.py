@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from governance.models import Alert
@@ -168,6 +169,54 @@ def test_the_timeline_joins_every_source_newest_first(estate, alice, make_system
     assert not any(t.startswith("run.action_reported") for t in titles)  # shown once, as actions
     assert [i.cursor for i in items] == sorted((i.cursor for i in items), reverse=True)
     assert not has_older
+
+
+def test_a_trace_id_alone_joins_nothing_of_another_team(client, estate, alice, django_user_model):
+    """Issue 16, finding 1: platform's operator registers a run under the trace id payments'
+    run uses (the docs' example value). Payments' events and ledger entries under that trace
+    stay off platform's timeline, and what platform posts under it stays off payments'."""
+    from django.contrib.auth.models import Group
+
+    from ledger.services import record
+    from rollbacks.models import System
+
+    platform_op = django_user_model.objects.create_user("pat")
+    platform_op.groups.set([Group.objects.get(name=n) for n in ("operator", "team:platform")])
+    theirs = make_rollback(platform_op, ["flags"], key="platform-run")  # the same TRACE
+    assert theirs.trace_id == estate.trace_id == TRACE
+    payments_token = token_create(user=alice, name="ci")[1]
+    platform_token = token_create(user=platform_op, name="pci")[1]
+    for body in (
+        {"title": "card data exposure on billing", "system": "billing"},
+        {"title": "payments' note without a system"},
+    ):
+        answer = post_event(
+            client, payments_token, {"kind": "note", "source": "s", "trace_id": TRACE} | body
+        )
+        assert answer.status_code == 201, answer.content
+    answer = post_event(
+        client,
+        platform_token,
+        {"kind": "note", "source": "s", "title": "planted by platform", "trace_id": TRACE},
+    )
+    assert answer.status_code == 201
+    with transaction.atomic():
+        record(
+            actor="user:alice",
+            action="system.probe",
+            subject=System.objects.get(slug="billing"),
+            trace_id=TRACE,
+            reason="billing probed",
+        )
+
+    platform_titles = [i.title + " " + i.detail for i in timeline.latest(Scope.of(theirs))[0]]
+    assert not any("card data" in t or "payments'" in t or "billing" in t for t in platform_titles)
+    assert any("planted by platform" in t for t in platform_titles)  # their own, on their own
+    payments_titles = [i.title + " " + i.detail for i in timeline.latest(Scope.of(estate))[0]]
+    assert any("card data exposure" in t for t in payments_titles)
+    assert any("payments' note" in t for t in payments_titles)
+    assert any("billing probed" in t for t in payments_titles)
+    assert not any("planted by platform" in t for t in payments_titles)
 
 
 def test_the_system_filter_keeps_that_systems_items(estate, alice):
