@@ -222,7 +222,9 @@ def _by_trace_of_this_rollback(scope: Scope) -> Q:
     run may use the same one), so an item joined by it alone must concern one of the
     rollback's own systems; an event without a system must come from an account that sees
     the rollback (a member of one of its teams, or a superuser) or from Unwind itself."""
-    team_groups = Step.objects.filter(rollback_id=scope.rollback_id).values("system__team__group_id")
+    team_groups = Step.objects.filter(rollback_id=scope.rollback_id).values(
+        "system__team__group_id"
+    )
     members = User.groups.through.objects.filter(group_id__in=team_groups).values("user_id")
     return Q(trace_id__in=scope.trace_ids) & (
         Q(system_id__in=_rollback_systems(scope))
