@@ -245,7 +245,7 @@ def rollback_plan(
                 )
             except TemplateError as exc:
                 step.is_manual, step.kind = True, "manual"
-                step.manual_reason = f"the compensation could not be filled in: {exc}"
+                step.manual_reason = f"the compensation could not be filled in: {exc}"[:200]
                 step.spec = {
                     "kind": "manual",
                     "instructions": f"Undo {p.action.action_type} on {p.action.system.slug} by hand.",

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from rollbacks.templating import dot_segment
+
 from .base import ExecutorError, Outcome, StepWork
 
 TRANSIENT_STATUSES = {408, 429}
@@ -52,6 +54,12 @@ def request(
     if work.traceparent:
         sent_headers["traceparent"] = work.traceparent
     what = f"{method} {url}"
+    if segment := dot_segment(url):  # httpx would resolve it and call another path
+        raise ExecutorError(
+            f"{what}: refused: the path has a {segment!r} segment, so the target would be "
+            "called at another path than the plan shows",
+            permanent=True,
+        )
     try:
         response = httpx.request(
             method,
