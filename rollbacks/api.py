@@ -713,6 +713,7 @@ def rollback_create(request: HttpRequest, payload: RollbackIn):
         is_drill=payload.drill,
         trigger="api",
         faults=[f.model_dump() for f in payload.faults],
+        require_failure=True,
     )
     return Status(201, rollback_out(rollback.pk, detail=False))
 

@@ -118,10 +118,15 @@ ACTIONS = [
 ]  # fmt: skip
 
 
-def _report_all(client, token, run_id) -> None:
+def _report_all(client, token, run_id, *, fail: bool = True) -> None:
+    """Report every action and (unless ``fail`` is false) the failure: a rollback is asked
+    for a run that reported its failure (issue 16, finding 11)."""
     for action in ACTIONS:
         response = post(client, f"/api/v1/runs/{run_id}/actions", action, token)
         assert response.status_code == 201, response.content
+    if fail:
+        response = post(client, f"/api/v1/runs/{run_id}/failure", {"reason": "it broke"}, token)
+        assert response.status_code == 200, response.content
 
 
 def _counts() -> dict[str, int]:
@@ -147,7 +152,7 @@ def test_register_report_fail_request_and_read_a_rollback(client, estate, token,
     run = response.json()
     assert run["status"] == "running" and run["trace_id"] == TRACE and run["id"] > 0
 
-    _report_all(client, token, run["id"])
+    _report_all(client, token, run["id"], fail=False)
     response = post(
         client, f"/api/v1/runs/{run['id']}/failure", {"reason": "provider timed out"}, token
     )
@@ -406,7 +411,7 @@ def test_a_reason_over_its_limit_is_refused_naming_the_limit(
 ):
     """The page caps a reason at 2,000 characters; the API did not (issue 16, finding 13)."""
     run_id = _register(client, token)
-    _report_all(client, token, run_id)
+    _report_all(client, token, run_id, fail=False)
     before = _counts()
     response = post(
         client,
@@ -418,6 +423,36 @@ def test_a_reason_over_its_limit_is_refused_naming_the_limit(
     assert field in response.json()["errors"] and limit in response.json()["detail"]
     assert _counts() == before
     assert ProcessRun.objects.get(pk=run_id).failure_reason == ""
+
+
+def test_a_run_still_running_is_not_rolled_back(client, estate, token):
+    """No failure reported: the run may still be doing its work (issue 16, finding 11)."""
+    run_id = _register(client, token)
+    _report_all(client, token, run_id, fail=False)
+    before = _counts()
+    response = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "x"}, token)
+    assert response.status_code == 400
+    assert "still running" in response.json()["errors"]["run"][0]
+    assert _counts() == before
+
+
+@pytest.mark.parametrize("ended", ["succeeded", "partially_rolled_back"])
+def test_a_run_already_rolled_back_is_not_rolled_back_again(client, estate, token, ended):
+    """A second unwind would undo the undo's targets again (issue 16, finding 12); a drill
+    of it is still allowed: it touches no production target."""
+    run_id = _register(client, token)
+    _report_all(client, token, run_id)
+    first = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "x"}, token).json()
+    Rollback.objects.filter(pk=first["id"]).update(state=ended)
+    before = _counts()
+    response = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "again"}, token)
+    assert response.status_code == 400
+    assert f"already rolled back by rollback #{first['id']}" in response.json()["errors"]["run"][0]
+    assert _counts() == before
+    drill = post(
+        client, "/api/v1/rollbacks", {"run": run_id, "reason": "practice", "drill": True}, token
+    )
+    assert drill.status_code == 201, drill.content
 
 
 def test_a_second_rollback_while_one_is_under_way_is_refused(client, estate, token):
