@@ -370,8 +370,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    # One line per probe and per compensation call is noise; errors still show.
-    "loggers": {"httpx": {"level": "WARNING"}},
+    # One line per probe and per compensation call (and per login) is noise; errors still show.
+    "loggers": {"httpx": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
 UNWIND_GOVERNANCE = "governance.gate"  # the engine's approval hooks (docs/architecture.md)
 UNWIND_ESTATE_EXTENSION = (

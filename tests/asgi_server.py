@@ -23,6 +23,7 @@ def serve_asgi(**config) -> Iterator[int]:
             port=0,
             lifespan="off",
             log_level="warning",
+            timeout_graceful_shutdown=2,
             **config,
         )
     )
