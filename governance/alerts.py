@@ -32,6 +32,7 @@ import ledger.services as ledger
 from governance.models import Alert, PolicyDecision, TriggerRule
 from rollbacks import engine, outbox
 from rollbacks.models import ProcessRun, Rollback
+from rollbacks.storable import time_problem
 
 MATCH_ALERTS = "governance.tasks.match_alerts"
 FIRING, RESOLVED = "firing", "resolved"
@@ -161,6 +162,8 @@ def webhook_parse(data: Any) -> Webhook:
         starts_at = parse_rfc3339(item.get("startsAt"))
         if starts_at is None:
             errors.append((f"{path}.startsAt", "not an RFC 3339 time"))
+        elif problem := time_problem(starts_at):
+            errors.append((f"{path}.startsAt", problem))
         ends_at = None
         if item.get("endsAt") not in (None, ""):
             ends_at = parse_rfc3339(item["endsAt"])
@@ -168,6 +171,8 @@ def webhook_parse(data: Any) -> Webhook:
                 errors.append((f"{path}.endsAt", "not an RFC 3339 time"))
             elif ends_at.year == 1:  # Go's zero time: "0001-01-01T00:00:00Z" while firing
                 ends_at = None
+            elif problem := time_problem(ends_at):
+                errors.append((f"{path}.endsAt", problem))
         fingerprint = item.get("fingerprint")
         if not isinstance(fingerprint, str) or not fingerprint.strip():
             errors.append((f"{path}.fingerprint", "is required: a non-empty string"))

@@ -17,6 +17,7 @@ from ninja import Field, Router, Schema, Status
 from governance import alerts
 from rollbacks import access
 from rollbacks.api import ERRORS, StrictJSONParser, auth
+from rollbacks.storable import UnstorableJSON
 
 router = Router(tags=["alerts"])
 
@@ -135,6 +136,8 @@ def alertmanager_webhook(request: HttpRequest):
         )
     except RecursionError:
         return _bad_body("The body is not acceptable JSON: it is nested too deeply.")
+    except UnstorableJSON as exc:
+        return Status(400, {"detail": str(exc), "errors": {exc.field: [str(exc)]}})
     except ValueError as exc:
         return _bad_body(f"The body is not acceptable JSON: {exc}.")
     try:

@@ -111,6 +111,7 @@ def _parameters() -> list[dict[str, Any]]:
     return parameters
 
 
+QUERY_PARAMETERS = ("format", *ledger_filters.FILTER_NAMES)
 _STREAM = {"type": "string", "description": "The export file, streamed."}
 _OPENAPI = {
     "parameters": _parameters(),
@@ -156,8 +157,9 @@ _OPENAPI = {
     summary="Export the ledger (streamed, with a signed manifest)",
     description="The entries matching the filters (as in the auditor's view), oldest first, "
     "as JSON Lines or CSV, streamed with constant memory. The export is itself ledgered "
-    "(`ledger.exported`). Needs the auditor or admin role. A bad filter gets a 400 naming it "
-    "and starts nothing; without a signing key, 503.",
+    "(`ledger.exported`). Needs the auditor or admin role. A bad filter, or a query parameter "
+    "that is not one of these, gets a 400 naming it and starts nothing; without a signing "
+    "key, 503.",
     openapi_extra=_OPENAPI,
 )
 def export(request: HttpRequest):
@@ -169,6 +171,10 @@ def export(request: HttpRequest):
         fmt = request.GET.get("format", Export.Format.JSONL)
         if fmt not in Export.Format.values:
             errors = {**errors, "format": ["use jsonl or csv"]}
+        # A misspelt filter (``rolback=8``) would otherwise export the whole ledger.
+        known = ", ".join(QUERY_PARAMETERS)
+        for name in sorted(set(request.GET) - set(QUERY_PARAMETERS)):
+            errors = {**errors, name: [f"unknown query parameter: use {known}"]}
         if errors:
             named = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in errors.items())
             return Status(400, {"detail": f"Invalid filters: {named}", "errors": errors})

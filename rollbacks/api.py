@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.db.models import Prefetch
@@ -26,37 +26,26 @@ from rollbacks import access
 from rollbacks.engine import rollback_plan
 from rollbacks.models import Attempt, ForwardAction, ProcessRun, Rollback, Stage, Step
 from rollbacks.runs import action_report, run_fail, run_register
+from rollbacks.storable import UnstorableJSON, refuse_unstorable
 from rollbacks.tokens import token_authenticate
 
 
 class StrictJSONParser(Parser):
-    """JSON that PostgreSQL can store: no NaN or Infinity, no NUL character in any string.
+    """JSON that PostgreSQL can store: no NaN or Infinity (nor a number such as ``1e400`` that
+    overflows to infinity), no NUL character and no lone UTF-16 surrogate in any string or key.
 
-    Either would pass validation and then fail at INSERT with a 500; refused here with a 400.
+    Each would pass validation and then fail at INSERT with a 500; refused here with a 400
+    naming the field (``UnstorableJSON``).
     """
 
     def parse_body(self, request: HttpRequest) -> Any:
         data = json.loads(request.body, parse_constant=_refuse_constant)
-        _refuse_nul(data)
+        refuse_unstorable(data)
         return data
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
-
-
-def _refuse_nul(value: Any) -> None:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise ValueError("a string contains a NUL character (\\u0000)")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 api = NinjaAPI(
@@ -69,6 +58,10 @@ api = NinjaAPI(
 )
 
 TRACE_ID = r"^([0-9a-f]{32})?$"
+# Reasons, comments and notes people write: as long as the page's form allows (rollbacks/forms.py).
+REASON_MAX_CHARS = 2000
+# A process's own account of why it failed may carry an error message or a short trace.
+FAILURE_REASON_MAX_CHARS = 10_000
 TRACE_ID_HELP = "W3C trace id (32 lowercase hex digits) correlating this with its traces."
 TRACE_ID_EXAMPLE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -191,6 +184,8 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
             message = f"The body is not valid JSON: {cause.msg} at line {cause.lineno} column {cause.colno}."
         elif isinstance(cause, RecursionError):
             message = "The body is not acceptable JSON: it is nested too deeply."
+        elif isinstance(cause, UnstorableJSON):
+            return _error(request, 400, str(cause), {cause.field: [str(cause)]})
         else:
             message = f"The body is not acceptable JSON: {cause}."
         return _error(request, 400, message, {"body": [message]})
@@ -322,6 +317,7 @@ class ActionOut(Schema):
 class FailureIn(In):
     reason: str = Field(
         min_length=1,
+        max_length=FAILURE_REASON_MAX_CHARS,
         description="Why the run failed.",
         examples=["payment provider timed out after 3 of 5 batches"],
     )
@@ -347,6 +343,7 @@ class RollbackIn(In):
     run: int = Field(description="The id of the process run to roll back.", examples=[7])
     reason: str = Field(
         min_length=1,
+        max_length=REASON_MAX_CHARS,
         description="Why it is being rolled back; recorded in the ledger.",
         examples=["orders-migration failed half-way: undo it"],
     )
@@ -716,6 +713,7 @@ def rollback_create(request: HttpRequest, payload: RollbackIn):
         is_drill=payload.drill,
         trigger="api",
         faults=[f.model_dump() for f in payload.faults],
+        require_failure=True,
     )
     return Status(201, rollback_out(rollback.pk, detail=False))
 
@@ -739,21 +737,36 @@ def rollback_detail(request: HttpRequest, id: int = ROLLBACK_ID):
 class ActionReasonIn(In):
     reason: str = Field(
         "",
-        max_length=2000,
-        description="Why: required for abort and skip, and the note that resolves a manual step.",
+        max_length=REASON_MAX_CHARS,
+        description="Why: required for abort and skip (and accepted as the note that resolves "
+        "a manual step).",
         examples=["the run was re-tried by hand; nothing to undo"],
     )
+
+
+class StepActionIn(ActionReasonIn):
+    note: str = Field(
+        "",
+        max_length=REASON_MAX_CHARS,
+        description="resolve: what was done by hand (required; `reason` is taken when `note` "
+        "is not sent).",
+        examples=["order 1001 cancelled in the provider's console"],
+    )
+
+
+AttestationKey = Annotated[str, Field(min_length=1, max_length=100)]
+AttestationText = Annotated[str, Field(max_length=REASON_MAX_CHARS)]
 
 
 class RollbackActionIn(ActionReasonIn):
     comment: str = Field(
         "",
-        max_length=2000,
+        max_length=REASON_MAX_CHARS,
         description="approve and reject: what the approver checked, or why they say no "
         "(required for both; the ledger keeps it).",
         examples=["plan checked with the payments on-call; billing impact understood"],
     )
-    attestations: dict[str, str] = Field(
+    attestations: dict[AttestationKey, AttestationText] = Field(
         default_factory=dict,
         description="approve: one comment per attestation the rollback's policy requires, by "
         "its key (the policy decision names them); a missing or empty one is a 400 naming "
@@ -829,13 +842,14 @@ def rollback_act(
     summary="Act on a step: retry, skip or resolve",
     description="`retry` a failed step (a fresh budget of attempts); `skip` a step that has not "
     "succeeded (needs a `reason`: its effect stays undone and the rollback ends partially "
-    "rolled back); `resolve` a manual step that a human did (needs the note in `reason`).",
+    "rolled back); `resolve` a manual step that a human did (needs a `note`; `reason` is "
+    "accepted for it too).",
     tags=["rollbacks"],
 )
 def step_act(
     request: HttpRequest,
     action: STEP_ACTIONS,
-    payload: ActionReasonIn,
+    payload: StepActionIn,
     step_id: int,
     id: int = ROLLBACK_ID,
 ):
@@ -855,7 +869,7 @@ def step_act(
     elif action == "skip":
         engine.step_skip(step=step, actor=user, reason=payload.reason)
     else:
-        engine.step_resolve(step=step, actor=user, note=payload.reason)
+        engine.step_resolve(step=step, actor=user, note=payload.note or payload.reason)
     return rollback_out(rollback.pk, detail=True)
 
 

@@ -59,6 +59,21 @@ _compensations = {
             "database": _template,
             "statement": _template,
             "params": {"type": "object"},
+            # The row count a correct undo has: exactly n, or {min, max}; else the step fails.
+            "expect_rows": {
+                "oneOf": [
+                    {"type": "integer", "minimum": 0},
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "minProperties": 1,
+                        "properties": {
+                            "min": {"type": "integer", "minimum": 0},
+                            "max": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                ]
+            },
         },
         "required": ["kind", "database", "statement"],
     },

@@ -165,6 +165,10 @@ def _new_trace_id() -> str:
     return format(random.getrandbits(128) or 1, "032x")
 
 
+# A rollback that ended so has undone the run: another (but a drill) is refused.
+ROLLED_BACK = (R.SUCCEEDED, R.PARTIALLY_ROLLED_BACK)
+
+
 def rollback_plan(
     *,
     run: ProcessRun,
@@ -173,10 +177,14 @@ def rollback_plan(
     is_drill: bool = False,
     trigger: str = "manual",
     faults: list[dict] | None = None,
+    require_failure: bool = False,
 ) -> Rollback:
     """Plan the unwind of a run: a step per completed forward action, in stages.
 
-    1. Refuse without a reason, for a run with nothing to undo, or with a rollback under way.
+    1. Refuse without a reason, for a run with nothing to undo, with a rollback under way
+       or one that already undid it (drills excepted); with ``require_failure`` (the page
+       and the API: a person or a token asks) for a run that has not reported its failure
+       (an alert's trigger rule is itself the news that the run fails).
     2. Pin the newest dependency map and each system's newest contract.
     3. Every completed action gets the compensation its contract defines; a point of no
        return, a missing contract or compensation, or a template that cannot be filled
@@ -208,10 +216,19 @@ def rollback_plan(
         raise EngineError(
             {"run": f"{run} reported no completed forward action: there is nothing to undo"}
         )
+    if require_failure and run.status == ProcessRun.Status.RUNNING:
+        raise EngineError(
+            {"run": f"{run} is still running: report its failure before rolling it back"}
+        )
     with transaction.atomic():
         ProcessRun.objects.select_for_update().get(pk=run.pk)
         if Rollback.objects.filter(run=run).exclude(state__in=Rollback.TERMINAL).exists():
             raise EngineError({"run": f"{run} already has a rollback under way"})
+        done = Rollback.objects.filter(run=run, is_drill=False, state__in=ROLLED_BACK).first()
+        if done is not None and not is_drill:
+            raise EngineError(
+                {"run": f"{run} was already rolled back by rollback #{done.pk} ({done.state})"}
+            )
         dep_map = DependencyMap.objects.latest_published()
         contracts = services.latest_contracts({a.system for a in actions})
         planned = [_plan_action(a, contracts.get(a.system_id)) for a in actions]
@@ -252,7 +269,7 @@ def rollback_plan(
                 )
             except TemplateError as exc:
                 step.is_manual, step.kind = True, "manual"
-                step.manual_reason = f"the compensation could not be filled in: {exc}"
+                step.manual_reason = f"the compensation could not be filled in: {exc}"[:200]
                 step.spec = {
                     "kind": "manual",
                     "instructions": f"Undo {p.action.action_type} on {p.action.system.slug} by hand.",

@@ -1,8 +1,16 @@
-"""Request limits and JSON errors for the JSON API (everything under ``/api/``)."""
+"""Request limits and JSON errors for the JSON API (everything under ``/api/``).
+
+Two layers, because of where the body is read: under uvicorn, Django's ASGI handler reads
+the whole body (spooling it to a temporary file) before any Django middleware runs
+(FACTS.md), so ``AsgiBodyLimit`` wraps the ASGI application (``config/asgi.py``) and refuses
+there; under WSGI, ``ApiBodyLimitMiddleware`` refuses before ``request.body`` is read.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -11,15 +19,80 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostE
 API_PREFIX = "/api/"
 
 
-def _too_large(limit: int) -> JsonResponse:
+def _too_large_body(limit: int) -> dict[str, Any]:
     message = f"The request body is larger than the limit of {limit} bytes."
-    return JsonResponse(
-        {"detail": message, "errors": {"body": [message]}, "limit_bytes": limit}, status=413
-    )
+    return {"detail": message, "errors": {"body": [message]}, "limit_bytes": limit}
+
+
+def _too_large(limit: int) -> JsonResponse:
+    return JsonResponse(_too_large_body(limit), status=413)
+
+
+class AsgiBodyLimit:
+    """Refuse a request body over ``settings.DATA_UPLOAD_MAX_MEMORY_SIZE`` with 413 before
+    Django's ASGI handler reads (and spools) it, whatever the path.
+
+    1. A declared ``Content-Length`` over the limit: answered at once, nothing is read.
+    2. Otherwise (chunked, or a client sending more than it declared) the bytes received
+       are counted; the chunk that passes the limit is not handed on: the 413 is sent and
+       Django is told the client went away (``http.disconnect``), so it stops reading and
+       answers nothing itself. The server closes the connection on the unread rest.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if scope["type"] != "http" or limit is None:
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await self._refuse(send, limit)
+        received = 0
+        refused = False
+
+        async def counting_receive() -> dict:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    await self._refuse(send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if not refused:  # after our 413, whatever the app sends is dropped
+                await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+    @staticmethod
+    async def _refuse(send: Callable, limit: int) -> None:
+        body = json.dumps(_too_large_body(limit)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 class ApiBodyLimitMiddleware:
     """Refuse API request bodies over ``settings.DATA_UPLOAD_MAX_MEMORY_SIZE`` with 413.
+
+    Under ASGI the body has been read by the time this runs: ``AsgiBodyLimit`` refuses it
+    first. Under WSGI (and Django's test client):
 
     1. A declared Content-Length over the limit is refused before anything is read.
     2. A body without one (chunked) is read up to limit + 1 bytes — Django's

@@ -9,7 +9,10 @@ treated as missing, so ``{params.__class__}`` leads nowhere.
 Escaping depends on the place (``render_compensation`` picks it per kind):
 
 - URL: every value is quoted as one path segment, so ``../`` or ``?`` in a value cannot
-  change which endpoint is called (``render_url``).
+  change which endpoint is called (``render_url``). A value that *is* ``.`` or ``..`` stays
+  itself when quoted, and HTTP clients resolve such a segment away (httpx sends
+  ``/things/../cancel`` as ``/cancel``): a rendered URL with a dot segment is refused, so the
+  step becomes manual and the approver never sees a URL other than the one called.
 - JSON bodies and SQL parameters: a string that is exactly one template keeps the value's
   type (an int stays an int, a dict stays a dict); anything else is text (``render_value``).
 - SQL statements are never templated: values go in as driver parameters (``%(name)s``).
@@ -77,6 +80,23 @@ def render_url(template: str, ctx: dict[str, Any]) -> str:
     return _render_text(template, ctx, lambda v: urllib.parse.quote(v, safe=""))
 
 
+def dot_segment(url: str) -> str:
+    """The first ``.`` or ``..`` path segment of ``url`` (percent-encoded or not), or ''."""
+    for segment in urllib.parse.urlsplit(url).path.split("/"):
+        if urllib.parse.unquote(segment) in (".", ".."):
+            return segment
+    return ""
+
+
+def _without_dot_segments(url: str, where: str) -> str:
+    if segment := dot_segment(url):
+        raise TemplateError(
+            f"{where}: {segment!r} is a path segment of the rendered URL; HTTP clients "
+            "resolve it away and would call another path"
+        )
+    return url
+
+
 def render_value(value: Any, ctx: dict[str, Any]) -> Any:
     """A JSON body or SQL parameter: typed when a string is one whole template, else text."""
     if isinstance(value, dict):
@@ -123,16 +143,17 @@ def render_compensation(spec: dict[str, Any], ctx: dict[str, Any]) -> dict[str, 
     out = copy.deepcopy(spec)
     kind = spec.get("kind")
     if kind == "http":
-        out["url"] = render_url(spec["url"], ctx)
+        out["url"] = _without_dot_segments(render_url(spec["url"], ctx), "url")
         if "headers" in spec:
             out["headers"] = _headers(spec["headers"], ctx)
         if "body" in spec:
             out["body"] = render_value(spec["body"], ctx)
     elif kind == "flag":
-        out["base_url"] = render_url(spec["base_url"], ctx)
+        out["base_url"] = _without_dot_segments(render_url(spec["base_url"], ctx), "base_url")
         for name in ("project", "feature", "environment"):
             if name in spec:  # URL-quoted by the executor, when it builds the path
                 out[name] = render_text(spec[name], ctx)
+                _without_dot_segments(f"/{urllib.parse.quote(out[name], safe='')}/", name)
     elif kind == "sql":
         out["database"] = render_text(spec["database"], ctx)
         out["statement"] = _sql_statement(spec["statement"])

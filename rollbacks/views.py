@@ -205,6 +205,7 @@ def run_plan(request: HttpRequest, pk: int) -> HttpResponse:
                 actor=request.user,
                 reason=form.cleaned_data["reason"],
                 is_drill=form.cleaned_data["is_drill"],
+                require_failure=True,
             )
         except engine.EngineError as exc:
             form.add_service_error(exc)

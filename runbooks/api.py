@@ -9,7 +9,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Field, Path, Router, Status
 
-from rollbacks.api import ERRORS, In, RollbackOut, auth, rollback_out
+from rollbacks.api import ERRORS, REASON_MAX_CHARS, In, RollbackOut, auth, rollback_out
 from runbooks import services
 
 router = Router(tags=["runbooks"])
@@ -23,6 +23,7 @@ class InstantiateIn(In):
     )
     reason: str = Field(
         min_length=1,
+        max_length=REASON_MAX_CHARS,
         description="Why the runbook is used; recorded in the ledger.",
         examples=["checkout broke after the flag flip; no run log"],
     )

@@ -10,8 +10,10 @@ from typing import Any, Literal
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from ninja import Field, Router, Schema, Status
+from pydantic import field_validator
 
 from rollbacks.api import ERRORS, TRACE_ID, TRACE_ID_EXAMPLE, TRACE_ID_HELP, ErrorOut, In, auth
+from rollbacks.storable import time_problem
 from timeline.events import IDEMPOTENCY_HEADER, IdempotencyKeyReused, event_record
 from timeline.models import Event
 
@@ -45,7 +47,8 @@ class EventIn(In):
     )
     occurred_at: datetime | None = Field(
         None,
-        description="When it happened, with a time zone; defaults to when it is received.",
+        description="When it happened, with a time zone (an offset within ±15:59); defaults to "
+        "when it is received.",
         examples=["2024-05-01T12:00:00Z"],
     )
     trace_id: str = Field(
@@ -60,6 +63,13 @@ class EventIn(In):
         description="Anything else, as a JSON object (shown on the timeline as sent).",
         examples=[{"version": "2.4.1"}],
     )
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _storable_time(cls, value: datetime | None) -> datetime | None:
+        if problem := time_problem(value):
+            raise ValueError(problem)
+        return value
 
 
 class EventOut(Schema):

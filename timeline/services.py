@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import (
     BigIntegerField,
@@ -35,9 +36,8 @@ from ledger.models import Entry
 from rollbacks.models import ForwardAction, ProcessRun, Rollback, Step
 from timeline.models import Event
 
+User = get_user_model()
 PAGE = 50  # items per page of the timeline (newest first); older ones are a link away
-# Ledger entries of a run's reports are shown as the run's own items (below), once.
-RUN_SUBJECTS = ("processrun", "forwardaction")
 COLUMNS = (
     "t_seen",
     "t_kind",
@@ -168,8 +168,14 @@ def _columns(qs: QuerySet, **columns) -> QuerySet:
 def _ledger(scope: Scope, after: Cursor | None, before: Cursor | None) -> QuerySet:
     joined = Q(rollback_id=scope.rollback_id)
     if scope.trace_ids:
-        joined |= Q(rollback_id__isnull=True, trace_id__in=scope.trace_ids) & ~Q(
-            subject_type__in=RUN_SUBJECTS
+        # Outside any rollback's chain, only entries about one of this rollback's systems:
+        # anyone may send a request under another team's trace id (traceparent).
+        systems = _rollback_systems(scope).annotate(sid=Cast("system_id", CharField()))
+        joined |= Q(
+            rollback_id__isnull=True,
+            trace_id__in=scope.trace_ids,
+            subject_type="system",
+            subject_id__in=systems.values("sid"),
         )
     entries = Entry.objects.filter(joined, _place("ledger", "at", after, before))
     if scope.system:
@@ -207,10 +213,34 @@ def _ledger(scope: Scope, after: Cursor | None, before: Cursor | None) -> QueryS
     )
 
 
+def _rollback_systems(scope: Scope) -> QuerySet:
+    return Step.objects.filter(rollback_id=scope.rollback_id).values("system_id")
+
+
+def _by_trace_of_this_rollback(scope: Scope) -> Q:
+    """What a trace id alone may join: a trace id is any poster's to choose (another team's
+    run may use the same one), so an item joined by it alone must concern one of the
+    rollback's own systems; an event without a system must come from an account that sees
+    the rollback (a member of one of its teams, or a superuser) or from Unwind itself."""
+    team_groups = Step.objects.filter(rollback_id=scope.rollback_id).values(
+        "system__team__group_id"
+    )
+    members = User.groups.through.objects.filter(group_id__in=team_groups).values("user_id")
+    return Q(trace_id__in=scope.trace_ids) & (
+        Q(system_id__in=_rollback_systems(scope))
+        | Q(system__isnull=True)
+        & (
+            Q(created_by__isnull=True)
+            | Q(created_by__is_superuser=True)
+            | Q(created_by_id__in=members)
+        )
+    )
+
+
 def _events(scope: Scope, after: Cursor | None, before: Cursor | None) -> QuerySet:
     joined = Q(rollback_id=scope.rollback_id) | Q(run_id=scope.run_id)
     if scope.trace_ids:
-        joined |= Q(trace_id__in=scope.trace_ids)
+        joined |= _by_trace_of_this_rollback(scope)
     events = Event.objects.filter(joined, _place("event", "received_at", after, before))
     if scope.system:
         events = events.filter(system__slug=scope.system)

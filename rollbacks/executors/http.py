@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from rollbacks.templating import dot_segment
+
 from .base import ExecutorError, Outcome, StepWork
 
 TRANSIENT_STATUSES = {408, 429}
@@ -43,6 +45,15 @@ def _headers(work: StepWork, headers: dict[str, str] | None) -> httpx.Headers:
     if work.traceparent:
         sent_headers["traceparent"] = work.traceparent
     return sent_headers
+
+
+def _refuse_dot_segments(method: str, url: str) -> None:
+    if segment := dot_segment(url):  # httpx would resolve it and call another path
+        raise ExecutorError(
+            f"{method} {url}: refused: the path has a {segment!r} segment, so the target would be "
+            "called at another path than the plan shows",
+            permanent=True,
+        )
 
 
 def _transport_error(work: StepWork, what: str, exc: Exception) -> ExecutorError:
@@ -93,6 +104,7 @@ def request(
     expect_status: list[int] | None = None,
 ) -> Outcome:
     """Send one request for ``work``; the shared core of the http and flag executors."""
+    _refuse_dot_segments(method, url)
     try:
         response = httpx.request(
             method,
@@ -118,6 +130,7 @@ async def request_async(
 ) -> Outcome:
     """``request`` on the execution loop's shared client: the same headers, timeout and
     error classes, without holding a thread while the target answers."""
+    _refuse_dot_segments(method, url)
     try:
         response = await client.request(
             method,

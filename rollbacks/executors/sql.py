@@ -148,12 +148,30 @@ def _in_transaction(work: StepWork, apply: Callable[[_Target], dict[str, Any]]) 
             db.conn.close()
 
 
+def _unexpected_rows(rows: int, expect: int | dict | None) -> str:
+    """Why ``rows`` is not what the contract's ``expect_rows`` says ('' when it is)."""
+    if expect is None:
+        return ""
+    low, high = (
+        (expect, expect) if isinstance(expect, int) else (expect.get("min"), expect.get("max"))
+    )
+    if (low is not None and rows < low) or (high is not None and rows > high):
+        wanted = (
+            f"{low}" if low == high else f"between {low or 0} and {'any' if high is None else high}"
+        )
+        return f"the statement changed {rows} row(s), the contract expects {wanted} (expect_rows)"
+    return ""
+
+
 class SqlExecutor:
     """``kind: sql`` — ``database``, ``statement`` with ``%(name)s`` placeholders, ``params``."""
 
     def execute(self, work: StepWork) -> Outcome:
         def apply(db: _Target) -> dict[str, Any]:
             cursor = db.run(work.spec["statement"], work.spec.get("params") or {})
+            if problem := _unexpected_rows(cursor.rowcount, work.spec.get("expect_rows")):
+                # Raised inside the transaction: the statement and the key roll back together.
+                raise ExecutorError(f"{work.spec['database']}: {problem}", permanent=True)
             return {"rows": cursor.rowcount}
 
         return _in_transaction(work, apply)

@@ -157,6 +157,11 @@ def _with(path_and_value):
         ((None, "alerts", []), "alerts", "non-empty list"),
         ((None, "alerts", {"a": 1}), "alerts", "non-empty list"),
         ((None, "status", "pending"), "status", 'must be "firing" or "resolved"'),
+        # PostgreSQL stores offsets up to ±15:59 only: a 400, not a 500 that Alertmanager
+        # would retry for ever (issue 16, finding 6).
+        ((0, "startsAt", "2024-05-01T12:00:00+20:00"), "alerts[0].startsAt", "within ±15:59"),
+        ((1, "endsAt", "2024-05-01T12:00:00-16:00"), "alerts[1].endsAt", "within ±15:59"),
+        ((0, "startsAt", "0001-01-01T00:00:00+01:00"), "alerts[0].startsAt", "years 1 to 9999"),
     ],
 )
 def test_a_malformed_payload_gets_400_naming_the_problem_and_stores_nothing(
@@ -184,19 +189,26 @@ def test_every_problem_is_named_at_once(client, token):
 
 
 @pytest.mark.parametrize(
-    ("raw", "problem"),
+    ("raw", "problem", "field"),
     [
-        ("{not json", "not valid JSON"),
-        ("", "not valid JSON"),
-        ("[1, 2]", "must be a JSON object"),
-        ('{"version": NaN}', "NaN is not a JSON number"),
-        ('{"version": "4\\u0000"}', "NUL character"),
+        ("{not json", "not valid JSON", "body"),
+        ("", "not valid JSON", "body"),
+        ("[1, 2]", "must be a JSON object", "body"),
+        ('{"version": NaN}', "NaN is not a JSON number", "body"),
+        # What PostgreSQL would refuse is named by its field (issue 16, findings 7 and 8).
+        ('{"version": "4\\u0000"}', "NUL character", "version"),
+        (
+            '{"alerts": [{"labels": {"x": "\\udbef\\ude10\\udbef"}}]}',
+            "lone UTF-16",
+            "alerts[0].labels.x",
+        ),
+        ('{"truncatedAlerts": 1e400}', "overflows to infinity", "truncatedAlerts"),
     ],
 )
-def test_a_body_that_is_not_a_webhook_is_refused(client, token, raw, problem):
+def test_a_body_that_is_not_a_webhook_is_refused(client, token, raw, problem, field):
     response = post(client, raw, token)
     assert response.status_code == 400
-    assert problem in response.json()["detail"] and "body" in response.json()["errors"]
+    assert problem in response.json()["detail"] and field in response.json()["errors"]
     assert Alert.objects.count() == 0
 
 

@@ -270,6 +270,19 @@ def tokens(django_user_model):
     return {"audit": make("audit-bot", "auditor"), "ops": make("ops-bot", "operator")}
 
 
+def test_an_unknown_export_parameter_is_refused_and_exports_nothing(client, tokens, ledger_rows):
+    """``rolback=8`` (a typo) used to export the whole ledger (issue 16, finding 15)."""
+    entries, exports = Entry.objects.count(), Export.objects.count()
+    response = client.get(
+        "/api/v1/ledger/export",
+        {"rolback": 8, "format": "jsonl"},
+        HTTP_AUTHORIZATION=f"Bearer {tokens['audit']}",
+    )
+    assert response.status_code == 400 and not response.streaming
+    assert "rolback" in response.json()["errors"] and "rollback" in response.json()["detail"]
+    assert (Entry.objects.count(), Export.objects.count()) == (entries, exports)
+
+
 def test_the_export_api_streams_a_verifiable_export_to_an_auditor_token(
     client, tokens, ledger_rows, tmp_path
 ):

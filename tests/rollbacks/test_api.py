@@ -118,10 +118,15 @@ ACTIONS = [
 ]  # fmt: skip
 
 
-def _report_all(client, token, run_id) -> None:
+def _report_all(client, token, run_id, *, fail: bool = True) -> None:
+    """Report every action and (unless ``fail`` is false) the failure: a rollback is asked
+    for a run that reported its failure (issue 16, finding 11)."""
     for action in ACTIONS:
         response = post(client, f"/api/v1/runs/{run_id}/actions", action, token)
         assert response.status_code == 201, response.content
+    if fail:
+        response = post(client, f"/api/v1/runs/{run_id}/failure", {"reason": "it broke"}, token)
+        assert response.status_code == 200, response.content
 
 
 def _counts() -> dict[str, int]:
@@ -147,7 +152,7 @@ def test_register_report_fail_request_and_read_a_rollback(client, estate, token,
     run = response.json()
     assert run["status"] == "running" and run["trace_id"] == TRACE and run["id"] > 0
 
-    _report_all(client, token, run["id"])
+    _report_all(client, token, run["id"], fail=False)
     response = post(
         client, f"/api/v1/runs/{run['id']}/failure", {"reason": "provider timed out"}, token
     )
@@ -316,23 +321,52 @@ def test_a_body_that_is_not_json_is_refused_naming_the_problem(client, token):
 
 
 @pytest.mark.parametrize(
-    ("raw", "problem"),
+    ("raw", "problem", "field"),
     [
-        ('{"process": "p", "external_id": "1\\u0000"}', "NUL character"),
-        ('{"process": "p", "external_id": "1", "x": {"\\u0000": 1}}', "NUL character"),
-        ('{"process": "p", "external_id": "1", "trace_id": NaN}', "NaN is not a JSON number"),
-        ('{"process": "p", "external_id": "1", "n": -Infinity}', "-Infinity is not"),
-        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-        ("", "The body is empty"),
-        ("[]", "must be a JSON object"),
+        ('{"process": "p", "external_id": "1\\u0000"}', "NUL character", "external_id"),
+        ('{"process": "p", "external_id": "1", "x": {"\\u0000": 1}}', "NUL character", "x"),
+        ('{"process": "p", "external_id": "1\\udbef"}', "lone UTF-16 surrogate", "external_id"),
+        ('{"process": "p", "external_id": "1", "n": 1e400}', "overflows to infinity", "n"),
+        (
+            '{"process": "p", "external_id": "1", "trace_id": NaN}',
+            "NaN is not a JSON number",
+            "body",
+        ),
+        ('{"process": "p", "external_id": "1", "n": -Infinity}', "-Infinity is not", "body"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply", "body"),
+        ("", "The body is empty", "body"),
+        ("[]", "must be a JSON object", "body"),
     ],
 )
-def test_json_the_database_cannot_store_is_refused_not_a_500(client, token, raw, problem):
-    """PostgreSQL refuses NaN in jsonb and NUL in text: they must not get as far as INSERT."""
+def test_json_the_database_cannot_store_is_refused_not_a_500(client, token, raw, problem, field):
+    """PostgreSQL refuses NaN, Infinity and lone surrogates in jsonb and NUL in text: they must
+    not get as far as INSERT; what the parser can place is named by its field (issue 16)."""
     before = _counts()
     response = post(client, "/api/v1/runs", raw, token)
     assert response.status_code == 400, response.content
-    assert problem in response.json()["errors"]["body"][0]
+    assert problem in response.json()["errors"][field][0]
+    assert _counts() == before
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ('{"params": {"amount": 1e400}}', "params.amount"),
+        ('{"before": {"rows": [1, 2, -1e999]}}', "before.rows[2]"),
+        ('{"params": {"note": "\\udbef\\ude10\\udbef"}}', "params.note"),
+        ('{"after": {"\\ud800": 1}}', "after"),
+    ],
+)
+def test_an_action_the_database_cannot_store_names_the_field(client, estate, token, raw, field):
+    """1e400 parses to inf in Python and jsonb refuses it; a lone surrogate likewise: a 400
+    naming the field, not a 500 at INSERT (issue 16, findings 7 and 8)."""
+    run_id = _register(client, token)
+    body = json.dumps({k: v for k, v in ACTIONS[0].items() if k not in ("params", "after")})
+    raw = body[:-1] + ", " + raw[1:]
+    before = _counts()
+    response = post(client, f"/api/v1/runs/{run_id}/actions", raw, token)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"], response.json()
     assert _counts() == before
 
 
@@ -363,6 +397,62 @@ def test_a_rollback_without_a_reason_names_the_reason(client, estate, token):
     response = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "   "}, token)
     assert response.status_code == 400 and "reason" in response.json()["errors"]
     assert Rollback.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "field", "limit"),
+    [
+        ("/api/v1/rollbacks", {"reason": "x" * 100_000}, "reason", "2000"),
+        ("/api/v1/runs/{run}/failure", {"reason": "x" * 10_001}, "reason", "10000"),
+    ],
+)
+def test_a_reason_over_its_limit_is_refused_naming_the_limit(
+    client, estate, token, url, body, field, limit
+):
+    """The page caps a reason at 2,000 characters; the API did not (issue 16, finding 13)."""
+    run_id = _register(client, token)
+    _report_all(client, token, run_id, fail=False)
+    before = _counts()
+    response = post(
+        client,
+        url.format(run=run_id),
+        {"run": run_id} | body if "{run}" not in url else body,
+        token,
+    )
+    assert response.status_code == 400, response.content[:300]
+    assert field in response.json()["errors"] and limit in response.json()["detail"]
+    assert _counts() == before
+    assert ProcessRun.objects.get(pk=run_id).failure_reason == ""
+
+
+def test_a_run_still_running_is_not_rolled_back(client, estate, token):
+    """No failure reported: the run may still be doing its work (issue 16, finding 11)."""
+    run_id = _register(client, token)
+    _report_all(client, token, run_id, fail=False)
+    before = _counts()
+    response = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "x"}, token)
+    assert response.status_code == 400
+    assert "still running" in response.json()["errors"]["run"][0]
+    assert _counts() == before
+
+
+@pytest.mark.parametrize("ended", ["succeeded", "partially_rolled_back"])
+def test_a_run_already_rolled_back_is_not_rolled_back_again(client, estate, token, ended):
+    """A second unwind would undo the undo's targets again (issue 16, finding 12); a drill
+    of it is still allowed: it touches no production target."""
+    run_id = _register(client, token)
+    _report_all(client, token, run_id)
+    first = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "x"}, token).json()
+    Rollback.objects.filter(pk=first["id"]).update(state=ended)
+    before = _counts()
+    response = post(client, "/api/v1/rollbacks", {"run": run_id, "reason": "again"}, token)
+    assert response.status_code == 400
+    assert f"already rolled back by rollback #{first['id']}" in response.json()["errors"]["run"][0]
+    assert _counts() == before
+    drill = post(
+        client, "/api/v1/rollbacks", {"run": run_id, "reason": "practice", "drill": True}, token
+    )
+    assert drill.status_code == 201, drill.content
 
 
 def test_a_second_rollback_while_one_is_under_way_is_refused(client, estate, token):

@@ -135,3 +135,41 @@ def test_only_admins_read_or_replace_the_estate(client, django_user_model):
         ).status_code
         == 403
     )
+
+
+def test_a_manual_step_is_resolved_with_the_note_the_error_asks_for(
+    client, planned, django_user_model
+):
+    """The refusal says ``note: say what was done``; sending ``note`` resolves it (issue 16:
+    it used to answer "Unknown field", and only ``reason`` worked)."""
+    token = _account(django_user_model, "ops-bot", "operator", "team:payments")
+    step = planned.steps.get(system__slug="payment-gateway")
+    Step.objects.filter(pk=step.pk).update(state=Step.State.WAITING_HUMAN)
+    url = f"/api/v1/rollbacks/{planned.pk}/steps/{step.pk}/resolve"
+    missing = _post(client, url, token)
+    assert missing.status_code == 400 and "note" in missing.json()["errors"]
+    done = _post(client, url, token, {"note": "refunded in the provider's console"})
+    assert done.status_code == 200, done.content
+    step.refresh_from_db()
+    assert step.state == Step.State.SUCCEEDED
+    assert step.human_note == "refunded in the provider's console"
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "field"),
+    [
+        ("abort", {"reason": "x" * 100_000}, "reason"),
+        ("approve", {"comment": "x" * 2001}, "comment"),
+        ("approve", {"comment": "ok", "attestations": {"pii": "x" * 2001}}, "attestations.pii"),
+    ],
+)
+def test_an_action_reason_over_2000_characters_is_refused(
+    client, planned, django_user_model, action, body, field
+):
+    token = _account(django_user_model, "ops-bot", "operator", "team:payments")
+    entries = Entry.objects.count()
+    response = _post(client, f"/api/v1/rollbacks/{planned.pk}/{action}", token, body)
+    assert response.status_code == 400, response.content
+    assert field in response.json()["errors"] and "2000" in response.json()["detail"]
+    assert Rollback.objects.get(pk=planned.pk).state == Rollback.State.APPROVED
+    assert Entry.objects.count() == entries

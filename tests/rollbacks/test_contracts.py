@@ -409,3 +409,26 @@ def test_bad_health_checks_are_refused(check, words):
     errors = health_check_errors(check)
     assert len(errors) == 1
     assert words in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("expect_rows", "is_valid"),
+    [(1, True), (0, True), ({"min": 1}, True), ({"min": 1, "max": 5}, True),
+     (-1, False), ("1", False), ({}, False), ({"exactly": 1}, False), ({"min": -2}, False)],
+)  # fmt: skip
+def test_a_sql_compensation_may_say_how_many_rows_a_correct_undo_changes(expect_rows, is_valid):
+    actions = {
+        "x": {
+            "compensation": {
+                "kind": "sql",
+                "database": "orders",
+                "statement": "DELETE FROM o WHERE id = %(id)s",
+                "params": {"id": "{params.id}"},
+                "expect_rows": expect_rows,
+            }
+        }
+    }
+    errors = validate_actions(actions)
+    assert (errors == []) is is_valid, errors
+    if not is_valid:
+        assert paths(errors) == ["x.compensation.expect_rows"]

@@ -29,6 +29,28 @@ def estate(make_system, target_server, tmp_path, monkeypatch):
     return {"systems": systems, "target": state, "db_path": db_path, "base": base}
 
 
+def test_a_dot_dot_parameter_in_a_url_makes_the_step_manual_with_the_reason(estate, alice):
+    """The approver must see the URL that is called: ``/orders/../cancel`` would go out as
+    ``/cancel`` (issue 16, finding 5), so the step is manual and says why."""
+    from rollbacks import runs
+
+    run, _ = runs.run_register(process="p", external_id="dots", actor="test")
+    runs.action_report(
+        run=run,
+        system_slug="orders-api",
+        action_type="create_order",
+        idempotency_key="a-dots",
+        actor="test",
+        params={"order_id": ".."},
+    )
+    runs.run_fail(run=run, reason="boom", actor="test")
+    rollback = engine.rollback_plan(run=run, actor=alice, reason="undo")
+    [step] = rollback.steps.all()
+    assert step.is_manual and step.kind == "manual"
+    assert "url: '..' is a path segment" in step.manual_reason
+    assert "url" not in step.spec
+
+
 def _run_dispatched(rollback) -> list[str]:
     """Play the worker: run every step whose message is due, as the worker would."""
     verdicts = []

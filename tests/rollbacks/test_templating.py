@@ -147,3 +147,21 @@ def test_sql_restore_flag_manual_and_simulated():
     assert render_compensation(manual, CTX)["instructions"] == "Refund 1250 for run-9"
     simulated = {"kind": "simulated", "latency_ms": 10, "failure_rate": 0.5}
     assert render_compensation(simulated, CTX) == simulated
+
+
+@pytest.mark.parametrize("value", ["..", "."])
+def test_a_value_that_is_a_dot_segment_is_refused_not_resolved_away(value):
+    """``..`` quotes to itself, and httpx sends ``/things/../cancel`` as ``/cancel``: the
+    approver would approve one URL and the worker call another (issue 16, finding 5)."""
+    spec = {"kind": "http", "url": "http://t/things/{params.id}/cancel"}
+    with pytest.raises(TemplateError, match="path segment"):
+        render_compensation(spec, _ctx(id=value))
+    # A dot inside a segment is an ordinary name.
+    assert render_compensation(spec, _ctx(id="v1..2"))["url"] == "http://t/things/v1..2/cancel"
+
+
+@pytest.mark.parametrize("field", ["project", "feature", "environment"])
+def test_a_flag_segment_that_is_a_dot_segment_is_refused(field):
+    spec = {"kind": "flag", "base_url": "http://t/flags", "feature": "f", "environment": "e"}
+    with pytest.raises(TemplateError, match=field):
+        render_compensation(spec | {field: "{params.x}"}, _ctx(x=".."))

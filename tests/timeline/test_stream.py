@@ -19,6 +19,12 @@ from timeline.models import Event
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _close_stream_connections():
+    yield
+    views.close_stream_connections()  # the streams' pool threads keep theirs open
+
+
 async def _first_chunks(client: AsyncClient, url: str, n: int = 2) -> tuple[int, str]:
     response = await client.get(url)
     if not response.streaming:

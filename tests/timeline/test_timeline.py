@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from governance.models import Alert
@@ -49,7 +50,7 @@ def estate(make_system, alice):
 def post_event(client, token, body):
     return client.post(
         "/api/v1/events",
-        json.dumps(body),
+        json.dumps(body).replace("Infinity", "1e400"),
         content_type="application/json",
         headers={"Authorization": f"Bearer {token}"},
     )
@@ -93,6 +94,12 @@ def test_an_event_is_stored_joined_to_its_rollback_and_not_ledgered(client, esta
         ({"run": 999999}, "run", "no process run #999999"),
         ({"occurred_at": "2024-05-01T12:00:00"}, "occurred_at", "time zone"),
         ({"colour": "red"}, "colour", "Unknown field"),
+        # What PostgreSQL cannot store is a 400, not a 500 (issue 16, findings 6 to 8).
+        ({"occurred_at": "2024-05-01T12:00:00+20:00"}, "occurred_at", "within ±15:59"),
+        ({"occurred_at": "9999-12-31T23:00:00-05:00"}, "occurred_at", "years 1 to 9999"),
+        ({"payload": {"n": float("inf")}}, "payload.n", "overflows to infinity"),
+        ({"payload": {"\udbef\ude10\udbef": "x"}}, "payload", "lone UTF-16 surrogate"),
+        ({"payload": {"k": ["\udc00"]}}, "payload.k[0]", "lone UTF-16 surrogate"),
     ],
 )
 def test_bad_events_are_refused_naming_the_field(client, estate, alice, body, field, words):
@@ -162,6 +169,54 @@ def test_the_timeline_joins_every_source_newest_first(estate, alice, make_system
     assert not any(t.startswith("run.action_reported") for t in titles)  # shown once, as actions
     assert [i.cursor for i in items] == sorted((i.cursor for i in items), reverse=True)
     assert not has_older
+
+
+def test_a_trace_id_alone_joins_nothing_of_another_team(client, estate, alice, django_user_model):
+    """Issue 16, finding 1: platform's operator registers a run under the trace id payments'
+    run uses (the docs' example value). Payments' events and ledger entries under that trace
+    stay off platform's timeline, and what platform posts under it stays off payments'."""
+    from django.contrib.auth.models import Group
+
+    from ledger.services import record
+    from rollbacks.models import System
+
+    platform_op = django_user_model.objects.create_user("pat")
+    platform_op.groups.set([Group.objects.get(name=n) for n in ("operator", "team:platform")])
+    theirs = make_rollback(platform_op, ["flags"], key="platform-run")  # the same TRACE
+    assert theirs.trace_id == estate.trace_id == TRACE
+    payments_token = token_create(user=alice, name="ci")[1]
+    platform_token = token_create(user=platform_op, name="pci")[1]
+    for body in (
+        {"title": "card data exposure on billing", "system": "billing"},
+        {"title": "payments' note without a system"},
+    ):
+        answer = post_event(
+            client, payments_token, {"kind": "note", "source": "s", "trace_id": TRACE} | body
+        )
+        assert answer.status_code == 201, answer.content
+    answer = post_event(
+        client,
+        platform_token,
+        {"kind": "note", "source": "s", "title": "planted by platform", "trace_id": TRACE},
+    )
+    assert answer.status_code == 201
+    with transaction.atomic():
+        record(
+            actor="user:alice",
+            action="system.probe",
+            subject=System.objects.get(slug="billing"),
+            trace_id=TRACE,
+            reason="billing probed",
+        )
+
+    platform_titles = [i.title + " " + i.detail for i in timeline.latest(Scope.of(theirs))[0]]
+    assert not any("card data" in t or "payments'" in t or "billing" in t for t in platform_titles)
+    assert any("planted by platform" in t for t in platform_titles)  # their own, on their own
+    payments_titles = [i.title + " " + i.detail for i in timeline.latest(Scope.of(estate))[0]]
+    assert any("card data exposure" in t for t in payments_titles)
+    assert any("payments' note" in t for t in payments_titles)
+    assert any("billing probed" in t for t in payments_titles)
+    assert not any("planted by platform" in t for t in payments_titles)
 
 
 def test_the_system_filter_keeps_that_systems_items(estate, alice):

@@ -59,3 +59,12 @@ def test_flag_failures_are_classified_like_http(target_server, make_work, status
         )
     assert caught.value.permanent is is_permanent
     assert caught.value.message.startswith(f"POST {base}{path}: {status}")
+
+
+def test_a_feature_named_dot_dot_is_refused_before_any_call(target_server, make_work):
+    """Quoting leaves ``..`` as it is, and httpx would resolve it (issue 16, finding 5)."""
+    base, state = target_server
+    spec = {"base_url": f"{base}/flags", "feature": "..", "environment": "prod"}
+    with pytest.raises(ExecutorError, match="segment") as caught:
+        executor_for("flag").execute(make_work("flag", spec))
+    assert caught.value.permanent is True and state.calls == []

@@ -135,3 +135,14 @@ def test_slow_target_times_out_transiently(target_server, make_work):
     assert caught.value.message == f"POST {base}/slow/undo: timed out after 0.5s (ReadTimeout)"
     # Let the target finish its late answer (a broken pipe) while this test still owns stderr.
     time.sleep(max(0.0, started + 2.2 - time.monotonic()))
+
+
+@pytest.mark.parametrize("path", ["/things/../cancel", "/things/./cancel", "/things/%2E%2e/cancel"])
+def test_a_url_with_a_dot_segment_is_refused_before_any_call(target_server, make_work, path):
+    """httpx resolves dot segments (``/things/../cancel`` goes out as ``/cancel``): a
+    permanent error, and the target hears nothing (issue 16, finding 5)."""
+    base, state = target_server
+    with pytest.raises(ExecutorError, match="segment") as caught:
+        executor_for("http").execute(make_work("http", {"url": f"{base}{path}"}))
+    assert caught.value.permanent is True
+    assert state.calls == []

@@ -214,3 +214,32 @@ def test_restore_refuses_names_that_are_not_identifiers(orders_db, make_work, ta
         executor_for("sql_restore").execute(work)
     assert caught.value.permanent and "is not a valid table or column name" in caught.value.message
     assert orders_db()[2] == ("refunded", 0, None)
+
+
+@pytest.mark.parametrize(
+    ("expect_rows", "order_id", "fails"),
+    [(1, 999, True), ({"min": 1}, 999, True), (1, 1, False), ({"min": 0, "max": 0}, 1, True)],
+)
+def test_expect_rows_fails_a_statement_that_changed_another_count(
+    orders_db, make_work, expect_rows, order_id, fails
+):
+    """A DELETE of 0 rows used to count as succeeded; with ``expect_rows`` it fails the step
+    (permanently) and rolls the statement and its key back (issue 16, finding 16)."""
+    work = make_work(
+        "sql",
+        {
+            "database": "orders",
+            "statement": REFUND,
+            "params": {"amount": 30, "id": order_id},
+            "expect_rows": expect_rows,
+        },
+    )
+    if not fails:
+        assert executor_for("sql").execute(work).output["rows"] == 1
+        return
+    before = orders_db()
+    with pytest.raises(ExecutorError, match="expect_rows") as caught:
+        executor_for("sql").execute(work)
+    assert caught.value.permanent is True
+    assert orders_db() == before  # the statement rolled back
+    assert _recorded_keys(orders_db) == []  # and so did the key: a retry runs it again
