@@ -417,3 +417,13 @@ UNWIND_REPORT_SECTIONS = [
     "reconcile.report.report_section",
     "reports.sections.timeline",
 ]
+# The rollback page's panels from other apps, in order: key (the DOM id of the panel) →
+# provider ``(request, rollback, page) -> rollbacks.panels.Panel | None`` (rollbacks/panels.py).
+UNWIND_ROLLBACK_PANELS = {
+    "rollback-runbook": "runbooks.panels.runbook_fact",
+    "report-status": "reports.panels.report_status",
+    "drill-faults": "drills.panels.faults",
+    "reconciliation": "reconcile.panels.reconciliation",
+    "health-around": "dashboard.panels.health_around",
+    "timeline": "timeline.page.rollback_panel",
+}

@@ -27,7 +27,8 @@ from django.utils import timezone
 
 from governance import page as governance_page
 from governance.models import BreakGlass, Notification
-from rollbacks.models import HealthCheck, Rollback, Stage, Step, System
+from rollbacks import access
+from rollbacks.models import HealthCheck, ProcessRun, Rollback, Stage, Step, System
 
 R = Rollback.State
 RECENT = 10  # rows in each "recent" list
@@ -73,31 +74,79 @@ def recent_failures(user: Any) -> QuerySet[Rollback]:
     )
 
 
-def failed_steps(user: Any) -> QuerySet[Step]:
-    """Steps that failed and wait for a human, newest first."""
-    visible = Rollback.objects.visible_to(user).values("pk")
-    return (
-        Step.objects.filter(rollback__in=visible, state=Step.State.FAILED)
-        .select_related("system", "rollback")
-        .order_by("-finished_at", "-pk")[:RECENT]
+def steps_needing_a_human(user: Any) -> list[Step]:
+    """Steps of rollbacks under way that wait for a human: manual steps to do by hand and
+    failed steps that halt their stage, oldest first (the longest wait leads)."""
+    visible = Rollback.objects.visible_to(user).exclude(state__in=Rollback.TERMINAL).values("pk")
+    return list(
+        Step.objects.filter(rollback__in=visible, state__in=Step.NEEDS_HUMAN)
+        .select_related("system", "rollback", "stage", "forward_action")
+        .order_by("finished_at", "pk")[:RECENT]
     )
 
 
+def failed_runs_without_rollback(user: Any) -> list[ProcessRun]:
+    """Runs that reported a failure and have no rollback yet, newest failure first."""
+    return list(
+        ProcessRun.objects.visible_to(user)
+        .filter(status=ProcessRun.Status.FAILED)
+        .exclude(Exists(Rollback.objects.filter(run=OuterRef("pk"))))
+        .order_by("-failed_at", "-pk")[:RECENT]
+    )
+
+
+def _is_still_open(row: dict[str, Any], states: dict[str, Any], steps: dict[int, Any]) -> bool:
+    """Whether the cause of an escalation is still there: an overdue approval until the
+    rollback no longer awaits it, a step until it moved on (its key names the state and the
+    attempts it was escalated in: ``step:<id>:<state>:<attempts>``)."""
+    kind = row["kind"]
+    if kind == Notification.Kind.APPROVAL_OVERDUE:
+        return states.get(row["rollback_id"]) == Rollback.State.AWAITING_APPROVAL
+    if kind == Notification.Kind.STEP_NEEDS_HUMAN:
+        _, pk, state, attempts = (row["subject_key"].split(":") + ["", "", "", ""])[:4]
+        current = steps.get(int(pk)) if pk.isdigit() else None
+        return (
+            current is not None
+            and current == (state, int(attempts or 0))
+            and (states.get(row["rollback_id"]) in (R.RUNNING, R.PAUSED))
+        )
+    return True
+
+
 def escalations(user: Any) -> list[dict[str, Any]]:
-    """Escalations (governance notifications), one row per subject however many channels."""
+    """Escalations (governance notifications) whose cause is still there, one row per
+    subject however many channels. Two queries."""
     visible = Rollback.objects.visible_to(user).values("pk")
-    rows = (
+    rows = list(
         Notification.objects.filter(rollback__in=visible)
-        .values("kind", "rollback_id", "subject_key")
+        .values("kind", "rollback_id", "subject_key", "rollback__state")
         .annotate(
             at=Min("created_at"),
             channels=Count("pk"),
             unsent=Count("pk", filter=Q(sent_at__isnull=True)),
         )
-        .order_by("-at")[:RECENT]
+        .order_by("-at")[: RECENT * 5]
     )
+    states = {r["rollback_id"]: r["rollback__state"] for r in rows}
+    step_ids = [
+        int(r["subject_key"].split(":")[1])
+        for r in rows
+        if r["kind"] == Notification.Kind.STEP_NEEDS_HUMAN
+        and r["subject_key"].count(":") >= 1
+        and r["subject_key"].split(":")[1].isdigit()
+    ]
+    steps = {
+        pk: (state, attempts)
+        for pk, state, attempts in Step.objects.filter(pk__in=step_ids).values_list(
+            "pk", "state", "attempts"
+        )
+    }
     labels = dict(Notification.Kind.choices)
-    return [{**row, "label": labels.get(row["kind"], row["kind"])} for row in rows]
+    return [
+        {**row, "label": labels.get(row["kind"], row["kind"])}
+        for row in rows
+        if _is_still_open(row, states, steps)
+    ][:RECENT]
 
 
 @dataclass
@@ -105,12 +154,26 @@ class Overview:
     active: list[Rollback]
     pending: list[Rollback]
     is_approver: bool
+    is_operator: bool
     systems: list[System]
     failures: list[Rollback]
-    failed_steps: list[Step]
+    failed_runs: list[ProcessRun]  # no rollback yet
+    to_start: list[Rollback]  # approved, waiting for an operator
+    waiting_steps: list[Step]  # manual steps to do by hand
+    halted_steps: list[Step]  # failed steps halting their stage
     escalations: list[dict[str, Any]]
     health_counts: list[tuple[str, str, int]]  # (label, status, how many)
     now: Any
+
+    @property
+    def needs_action(self) -> bool:
+        return bool(
+            self.failed_runs
+            or self.pending
+            or self.to_start
+            or self.waiting_steps
+            or self.halted_steps
+        )
 
 
 def overview(user: Any) -> Overview:
@@ -118,13 +181,19 @@ def overview(user: Any) -> Overview:
     counts = {health: 0 for health in System.Health.values}
     for system in systems:
         counts[system.health] += 1
+    active = list(active_rollbacks(user))
+    needing = steps_needing_a_human(user)
     return Overview(
-        active=list(active_rollbacks(user)),
+        active=active,
         pending=governance_page.pending_for(user),
         is_approver=governance_page.is_approver(user),
+        is_operator=access.has_role(user, *access.OPERATOR_ROLES),
         systems=systems,
         failures=list(recent_failures(user)),
-        failed_steps=list(failed_steps(user)),
+        failed_runs=failed_runs_without_rollback(user),
+        to_start=[rollback for rollback in active if rollback.state == R.APPROVED],
+        waiting_steps=[step for step in needing if step.state == Step.State.WAITING_HUMAN],
+        halted_steps=[step for step in needing if step.state == Step.State.FAILED],
         escalations=escalations(user),
         health_counts=[(System.Health(k).label, k, n) for k, n in counts.items() if n],
         now=timezone.now(),

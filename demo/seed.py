@@ -180,7 +180,7 @@ def with_runbook_policies(doc: dict) -> dict:
 
 
 def runbooks(*, actor) -> str:
-    """Publish the demo runbooks (a new version only when their content changed)."""
+    """Publish the demo runbooks that have no version yet (an admin's newer version stays)."""
     from runbooks.models import IncidentType, Runbook
     from runbooks.services import incident_types_ensure, runbook_create, runbook_version_publish
 
@@ -194,11 +194,7 @@ def runbooks(*, actor) -> str:
             incident_type=IncidentType.objects.get(slug=spec["incident_type"]),
             actor=actor,
         )
-        latest = runbook.latest_version()
-        if latest is None or (latest.parameters, latest.steps) != (
-            spec["parameters"],
-            spec["steps"],
-        ):
+        if runbook.latest_version() is None:
             version = runbook_version_publish(
                 runbook=runbook,
                 parameters=spec["parameters"],

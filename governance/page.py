@@ -175,6 +175,7 @@ def page_context(
         "policies": [(name, req.reasons.get(name, "")) for name in req.policies],
         "approvals": approvals,
         "live_count": sum(1 for a in approvals if a.counts),
+        "missing_count": max(0, req.approvals - sum(1 for a in approvals if a.counts)),
         "shortfall": shortfall,
         "is_awaiting": is_awaiting,
         "my_approval": mine,

@@ -473,6 +473,9 @@ def _check_spec(finding: Finding) -> dict:
 # Reading ------------------------------------------------------------------------------------
 
 
+WAIT_FOR_FIRST_RUN = timedelta(minutes=10)  # after the end, then the panel stands still
+
+
 def panel(rollback: Rollback, user: Any) -> dict[str, Any]:
     """What the rollback page shows: the newest reconciliation, its results and findings."""
     latest = rollback.reconciliations.order_by("-requested_at", "-id").first()
@@ -492,8 +495,8 @@ def panel(rollback: Rollback, user: Any) -> dict[str, Any]:
     can_operate = access.can_operate(user, rollback)
     for finding in findings:
         finding.can_act = can_operate and finding.pk in actionable
-        finding.details_text = json.dumps(finding.details, sort_keys=True)
-        finding.compensation_text = json.dumps(finding.compensation, sort_keys=True)
+        finding.details_rows = _labelled(finding.details)
+        finding.compensation_rows = _labelled(finding.compensation)
     return {
         "latest": latest,
         "done": done,
@@ -503,4 +506,25 @@ def panel(rollback: Rollback, user: Any) -> dict[str, Any]:
         "can_add": rollback.is_terminal
         and any(f.can_act and f.status == F.OPEN and f.compensation for f in findings),
         "is_pending": latest is not None and latest.is_pending,
+        # Not reconciled yet: the panel polls until the checks are queued after the end.
+        "is_waiting": latest is None
+        and (
+            not rollback.is_terminal
+            or rollback.finished_at is None
+            or timezone.now() - rollback.finished_at < WAIT_FOR_FIRST_RUN
+        ),
     }
+
+
+def _labelled(value: Any) -> list[tuple[str, str]]:
+    """A finding's details or compensation as labelled fields (``Order id: 1001``): a
+    scalar as it is, a list or object as compact JSON."""
+    if not isinstance(value, dict):
+        return [("Value", json.dumps(value))] if value not in (None, "") else []
+    return [
+        (
+            str(key).replace("_", " ").capitalize(),
+            item if isinstance(item, str) else json.dumps(item, sort_keys=True),
+        )
+        for key, item in sorted(value.items())
+    ]

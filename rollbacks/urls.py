@@ -27,6 +27,7 @@ urlpatterns = [
     path("runs/<int:pk>/plan", views.run_plan, name="run-plan"),
     path("rollbacks/", views.rollback_list, name="rollbacks"),
     path("rollbacks/<int:pk>/", views.rollback_detail, name="rollback"),
+    path("rollbacks/<int:pk>/panels/<slug:key>", views.rollback_panel, name="rollback-panel"),
     path(
         "rollbacks/<int:pk>/<rollback_action:action>",
         views.rollback_action,

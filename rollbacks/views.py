@@ -12,7 +12,6 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from django.apps import apps
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -33,10 +32,11 @@ from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_POST
 
-from rollbacks import access, diagram, engine, forms, planning, services
+from rollbacks import access, diagram, engine, forms, panels, planning, services
 from rollbacks.models import (
     Attempt,
     DependencyMap,
@@ -113,12 +113,6 @@ def _spec_rows(spec: dict) -> list[tuple[str, str, dict[str, Any] | None]]:
 
 def _service_error(exc: ValidationError) -> str:
     return " ".join(exc.messages)
-
-
-def _timeline_page() -> ModuleType | None:
-    """The rollback's timeline (``timeline/page.py``), found by name: timeline imports
-    rollbacks, never the other way round."""
-    return import_module("timeline.page") if apps.is_installed("timeline") else None
 
 
 def _governance_page() -> ModuleType | None:
@@ -325,6 +319,134 @@ def _attach_steps(stages: list[Stage], rollback: Rollback) -> None:
         stage.step_list = by_stage[stage.pk]
 
 
+# What the plan picture's boxes say (170 px wide): a human word for every step state.
+BOX_LABELS = {
+    S.PENDING: "pending",
+    S.RUNNING: "running",
+    S.RETRY_WAIT: "retrying soon",
+    S.WAITING_HUMAN: "needs a human",
+    S.FAILED: "failed",
+    S.SUCCEEDED: "done",
+    S.SKIPPED: "skipped",
+    S.CANCELLED: "cancelled",
+}
+KEY_PARAMS = 3  # forward-action parameters named in "what was undone"
+
+
+def _key_params(params: Any) -> str:
+    """The first few scalar parameters of a forward action, ``order_id 1001, sku A-1``: the
+    ids that tell two lines of the same action apart."""
+    if not isinstance(params, dict):
+        return ""
+    scalars = [(k, v) for k, v in sorted(params.items()) if isinstance(v, str | int | float)]
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in scalars[:KEY_PARAMS])
+
+
+def _outcome(rollback: Rollback) -> dict[str, Any]:
+    """What was undone (or, in a drill, rehearsed) and what was not: one line per step with
+    its id and the forward action's key parameters. One query."""
+    done, not_done = [], []
+    steps = rollback.steps.select_related("system", "forward_action").order_by("stage__index", "id")
+    rehearsed = 0
+    for step in steps:
+        is_rehearsed = rollback.is_drill and not step.system.is_rehearsal and not step.is_manual
+        rehearsed += is_rehearsed and step.state == S.SUCCEEDED
+        line = {
+            "step": step.pk,
+            "what": f"{step.forward_action.action_type} on {step.system.slug}",
+            "params": _key_params(step.forward_action.params),
+            "how": "by hand" if step.is_manual else ("rehearsed" if is_rehearsed else ""),
+            "note": step.human_note,
+        }
+        if step.state == S.SUCCEEDED:
+            done.append(line)
+        else:
+            line["why"] = step.last_error if step.state != S.SKIPPED else ""
+            line["state"] = "skipped" if step.state == S.SKIPPED else step.get_state_display()
+            not_done.append(line)
+    verb = "rehearsed" if rollback.is_drill and rehearsed == len(done) and done else "undone"
+    return {"done": done, "not_done": not_done, "verb": verb, "total": len(done) + len(not_done)}
+
+
+def _headline(rollback: Rollback, stages: list[Stage], gov: dict, can_act: bool) -> dict:
+    """The state in words that are true at this moment: a running rollback whose stage is
+    halted on a human says so, an awaiting one says how many approvals it has."""
+    state, label, detail = rollback.state, rollback.get_state_display(), ""
+    steps = [step for stage in stages for step in stage.step_list]
+    if rollback.state in (R.RUNNING, R.PAUSED):
+        waiting = [step for step in steps if step.state == S.WAITING_HUMAN]
+        failed = [step for step in steps if step.state == S.FAILED]
+        gated = [stage for stage in stages if getattr(stage, "is_waiting_at_gate", False)]
+        who = "you" if can_act else "an operator"
+        if waiting or failed:
+            state, label = "halted", "halted"
+            parts = [f"step {s.pk} waits for {who} (by hand)" for s in waiting]
+            parts += [f"step {s.pk} failed and waits for {who}" for s in failed]
+            detail = "; ".join(parts)
+            if rollback.state == R.PAUSED:
+                label = "paused and halted"
+        elif gated:
+            state, label = "halted", "halted"
+            detail = f"stage {gated[0].index} waits for an approver to open its gate"
+        elif rollback.state == R.RUNNING:
+            current = next((st for st in stages if st.state != Stage.State.SUCCEEDED), None)
+            if current is not None:
+                detail = f"stage {current.index} of {len(stages)}"
+        else:
+            detail = "steps in flight finish, nothing new starts"
+    elif rollback.state == R.AWAITING_APPROVAL and gov.get("req") and gov["req"].approvals:
+        detail = f"{gov['live_count']} of {gov['req'].approvals} approvals received"
+    elif rollback.state == R.APPROVED:
+        detail = "ready to start"
+    return {"state": state, "label": label, "detail": detail}
+
+
+def _elapsed(rollback: Rollback) -> str:
+    """How long it has run (or ran); whole minutes below an hour, so a poll changes it
+    once a minute, not every second."""
+    if not rollback.started_at:
+        return ""
+    end = rollback.finished_at or timezone.now()
+    minutes = int((end - rollback.started_at).total_seconds() // 60)
+    if minutes < 1:
+        return "under a minute"
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def _needs_human(rollback: Rollback, stages: list[Stage]) -> list[Step]:
+    """The steps a human must act on now (waiting for a hand, failed), in full, for the
+    first screen's controls: one query, none when nothing waits."""
+    ids = [s.pk for st in stages for s in st.step_list if s.state in Step.NEEDS_HUMAN]
+    if not ids:
+        return []
+    steps = list(
+        Step.objects.filter(pk__in=ids)
+        .select_related("system", "forward_action", "stage")
+        .order_by("stage__index", "id")
+    )
+    for step in steps:
+        step.spec_rows = _spec_rows(step.spec)
+    return steps
+
+
+def _panel_page(request: HttpRequest, rollback: Rollback, context: dict) -> panels.PanelPage:
+    systems = sorted({s.system.slug for st in context["stages"] for s in st.step_list})
+    return panels.PanelPage(can_act=context["can_act"], is_live=context["is_live"], systems=systems)
+
+
+def _rendered_panels(request: HttpRequest, rollback: Rollback, page: panels.PanelPage):
+    regions = panels.build(request, rollback, page)
+    for region in regions.values():
+        for panel in region:
+            panel.html = _render_panel(request, rollback, panel)
+    return regions
+
+
+def _render_panel(request: HttpRequest, rollback: Rollback, panel: panels.Panel) -> str:
+    context = {**panel.context, "rollback": rollback, "panel": panel}
+    return render_to_string(panel.template, context, request)
+
+
 def _rollback_context(
     request: HttpRequest,
     rollback: Rollback,
@@ -381,18 +503,31 @@ def _rollback_context(
         [[(step.system.slug, step.state) for step in stage.step_list] for stage in stages],
         services.map_edges(rollback.dependency_map),
     )
+    plan_boxes = [(node, BOX_LABELS.get(node.state, node.state)) for node in plan_nodes]
+    for stage in stages:
+        stage.done_count = sum(1 for step in stage.step_list if step.state in Step.DONE)
     gov = (
         gov_page.page_context(rollback, request.user, stages, governance_forms) if gov_page else {}
     )
+    elapsed = _elapsed(rollback)
     fingerprint = _fingerprint(
-        rollback, stages, can_act, gov.get("fingerprint", ""), pages["number"]
+        rollback, stages, can_act, gov.get("fingerprint", "") + elapsed, pages["number"]
     )
+    steps = [step for stage in stages for step in stage.step_list]
     return {
         "rollback": rollback,
         "stages": stages,
         "picture": picture,
         "plan_nodes": plan_nodes,
+        "plan_boxes": plan_boxes,
         "gov": gov,
+        "headline": _headline(rollback, stages, gov, can_act),
+        "elapsed": elapsed,
+        "done_count": sum(1 for step in steps if step.state in Step.DONE),
+        "touching": sorted(
+            {step.system.slug for step in steps if step.state in (S.RUNNING, S.RETRY_WAIT)}
+        ),
+        "needs_human": _needs_human(rollback, stages) if not rollback.is_terminal else [],
         "fingerprint": fingerprint,
         # An abort lets steps in flight finish: keep watching until they have.
         "is_live": not rollback.is_terminal
@@ -400,8 +535,9 @@ def _rollback_context(
         "step_count": step_count,
         "step_pages": pages,
         "can_act": can_act,
-        "outcome": engine.rollback_outcome(rollback) if rollback.is_terminal else None,
-        "skippable": (S.FAILED, S.PENDING, S.RETRY_WAIT, S.WAITING_HUMAN),
+        "outcome": _outcome(rollback) if rollback.is_terminal else None,
+        # Failed and waiting steps have their skip form on the first screen, the others here.
+        "skippable": (S.PENDING, S.RETRY_WAIT),
     }
 
 
@@ -417,14 +553,29 @@ def rollback_detail(request: HttpRequest, pk: int) -> HttpResponse:
     elif request.htmx:
         response = render(request, DETAIL + "#rollback-status", context)
     else:
-        if tl_page := _timeline_page():
-            systems = sorted({s.system.slug for st in context["stages"] for s in st.step_list})
-            context["tl"] = tl_page.page_context(
-                request, context["rollback"], systems, is_live=context["is_live"]
-            )
+        page = _panel_page(request, rollback, context)
+        context["panels"] = _rendered_panels(request, context["rollback"], page)
         response = render(request, DETAIL, context)
     patch_vary_headers(response, ("HX-Request",))  # the page and its fragment share a URL
     return response
+
+
+@login_required
+def rollback_panel(request: HttpRequest, pk: int, key: str) -> HttpResponse:
+    """One panel of the rollback page (``settings.UNWIND_ROLLBACK_PANELS``), polled while
+    what it shows can still change: when the rollback ends, every panel catches up."""
+    rollback = access.get_rollback_for_user(request.user, pk)
+    is_live = not rollback.is_terminal or rollback.steps.filter(state=S.RUNNING).exists()
+    slugs = Step.objects.filter(rollback=rollback).values_list("system__slug", flat=True)
+    page = panels.PanelPage(
+        can_act=access.has_role(request.user, *access.OPERATOR_ROLES),
+        is_live=is_live,
+        systems=sorted(set(slugs)),
+    )
+    panel = panels.find(request, rollback, page, key)
+    if panel is None:
+        return HttpResponse(status=404)
+    return HttpResponse(_render_panel(request, rollback, panel))
 
 
 def _answer(request: HttpRequest, rollback: Rollback, ok: bool, text: str) -> HttpResponse:

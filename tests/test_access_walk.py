@@ -241,6 +241,13 @@ PAGES = [
         lambda o: f"/runbooks/{o['runbook']}/instantiate",
         {"own": OPERATE_OWN, "foreign": OPERATE_FOREIGN},
     ),
+    # One panel of the rollback page (settings.UNWIND_ROLLBACK_PANELS), polled until it settles.
+    (
+        "rollbacks/<int:pk>/panels/<slug:key>",
+        "get",
+        lambda o: f"/rollbacks/{o['rollback'].pk}/panels/health-around",
+        {"own": SEES_OWN, "foreign": SEES_FOREIGN},
+    ),
     # Reports: whoever sees the rollback reads and downloads them (downloads are ledgered).
     (
         "rollbacks/<int:pk>/report",

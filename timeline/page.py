@@ -10,6 +10,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest
 
 from rollbacks.models import Rollback
+from rollbacks.panels import Panel, PanelPage
 from timeline import services
 from timeline.services import Cursor, CursorError, Scope
 
@@ -58,3 +59,10 @@ def page_context(
         # rollback has finished (then the whole page stands still).
         "live": live_mode(request) if is_live and before is None else "off",
     }
+
+
+def rollback_panel(request: HttpRequest, rollback: Rollback, page: PanelPage) -> Panel:
+    """The rollback page's timeline panel (``settings.UNWIND_ROLLBACK_PANELS``): it follows
+    new items itself (server-sent events or its own poll), so the panel is settled."""
+    tl = page_context(request, rollback, page.systems, is_live=page.is_live)
+    return Panel("timeline/_timeline.html", {"tl": tl, "items": tl["items"]})

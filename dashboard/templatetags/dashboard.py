@@ -1,14 +1,8 @@
 from django import template
 
-from dashboard import charts, overview
+from dashboard import charts
 
 register = template.Library()
-
-
-@register.simple_tag
-def health_around(rollback):
-    """``{% health_around rollback as rows %}``: see ``overview.health_around``."""
-    return overview.health_around(rollback)
 
 
 @register.filter

@@ -91,7 +91,10 @@ def test_requester_is_refused_a_second_user_approves_and_the_rollback_runs(
     rollback = Rollback.objects.get()
     assert _badge(page) == "awaiting approval"
     policy = page.locator("#policy-decision")
-    assert "one-approver" in policy.inner_text() and "Still missing: 0 of 1" in policy.inner_text()
+    assert (
+        "one-approver" in policy.inner_text()
+        and "Received 0 of 1 approvals: 1 more needed" in policy.inner_text()
+    )
 
     # 2. Her own approval is refused: no button, the reason, and a forged POST gets 403.
     panel = page.locator("#approval-panel")

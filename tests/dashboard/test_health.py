@@ -49,9 +49,12 @@ def test_the_partial_says_worse_after(history):
     _check("orders-api", D + timedelta(hours=11), "red")
     from django.template.loader import render_to_string
 
-    html = render_to_string(
-        "dashboard/_health_around.html", {"rollback": Rollback.objects.get(pk=history.r1.pk)}
-    )
+    from dashboard.panels import health_around as panel
+    from rollbacks.panels import PanelPage
+
+    rollback = Rollback.objects.get(pk=history.r1.pk)
+    health = panel(None, rollback, PanelPage(can_act=False, is_live=False, systems=[]))
+    html = render_to_string(health.template, {**health.context, "rollback": rollback})
     assert "worse after" in html and "healthy" in html and "down" in html
 
 

@@ -106,7 +106,7 @@ def test_requester_sees_the_policy_and_why_she_cannot_approve(client, alice, awa
     text = _text(_page(client, alice, awaiting))
     assert "Approval policy" in text and awaiting.policy_decision.explanation in text
     assert "critical</span> applies: tier 1: orders-db, payment-gateway" in text
-    assert "Still missing:</strong> 0 of 1 approvals" in text
+    assert "Received 0 of 1 approvals:</strong> 1 more needed" in text
     assert "four-eyes: the requester never approves their own rollback" in text
     assert 'id="approve-button"' not in text and 'id="approval-form"' not in text
     assert 'id="approval-panel"' in text  # the blast radius, and the reason instead of a form
@@ -117,7 +117,8 @@ def test_approver_sees_the_blast_radius_above_the_panel(client, bob, plan):
     rollback = plan(orders=2)
     text = _text(_page(client, bob, rollback))
     panel = text[text.index('id="approval-panel"') :]
-    assert text.index('id="plan-title"') < text.index('id="approval-panel"')
+    # The approval panel is the approver's first screen, above the plan (issue 15).
+    assert text.index('id="approval-panel"') < text.index('id="plan-title"')
     assert "6 in 3 stages (1 by hand)" in panel  # flag, 2 × API, 2 × DB, payment (manual)
     assert "<dt>Teams</dt><dd>Payments</dd>" in panel
     assert "<dt>Tiers touched</dt><dd>1, 2, 3</dd>" in panel
@@ -179,8 +180,8 @@ def test_quorum_of_two_shows_who_approved_and_what_is_missing(client, bob, erin,
     rollback = plan()
     services.rollback_approve(rollback=rollback, approver=bob, comment="first look")
     text = _text(_page(client, erin, rollback))
-    assert "Approvals so far: 1 count of 2 needed" in text
-    assert "Still missing:</strong> 1 of 2 approvals" in text
+    assert "Approvals received: 1 of 2 needed" in text
+    assert "Received 1 of 2 approvals:</strong> 1 more needed" in text
     assert 'id="approve-button"' in text
     bob_text = _text(_page(client, bob, rollback))
     assert 'id="approve-button"' not in bob_text and "You have approved this rollback" in bob_text
@@ -197,7 +198,7 @@ def test_expired_and_withdrawn_approvals_are_marked_and_do_not_count(client, bob
     mine = services.rollback_approve(rollback=rollback, approver=erin, comment="ok too")
     text = _text(_page(client, erin, rollback))
     assert re.search(rf'id="approval-{old.pk}".*?<span class="tag">expired</span>', text, re.S)
-    assert "Approvals so far: 1 count of 2 needed" in text
+    assert "Approvals received: 1 of 2 needed" in text
     response = client.post(
         _url("approval-revoke", rollback, mine.pk), {"reason": "missed the billing impact"}
     )
@@ -205,7 +206,7 @@ def test_expired_and_withdrawn_approvals_are_marked_and_do_not_count(client, bob
     mine.refresh_from_db()
     assert mine.revoked_reason == "missed the billing impact"
     text = _text(client.get(_url("rollback", rollback)))
-    assert "Withdrawn" in text and "Approvals so far: 0 count" in text
+    assert "Withdrawn" in text and "Approvals received: 0 of 2 needed" in text
     # Someone else's approval is not theirs to withdraw.
     other = services.rollback_approve(rollback=rollback, approver=erin, comment="again")
     client.force_login(bob)
@@ -331,7 +332,7 @@ def test_the_poll_notices_a_new_approval(client, bob, erin, plan):
     assert fragment.status_code == 200
     text = _text(fragment)
     assert text.lstrip().startswith('<section id="rollback-status"')
-    assert "Approvals so far: 1 count of 2 needed" in text and 'id="approval-panel"' in text
+    assert "Approvals received: 1 of 2 needed" in text and 'id="approval-panel"' in text
 
 
 def test_the_approval_panel_renders_as_its_own_partial(rf, bob, awaiting):

@@ -5,6 +5,7 @@ from django.db import transaction
 
 from demo import seed
 from rollbacks.estate import import_document, parse
+from rollbacks.models import System
 
 DEMO_PASSWORD = "unwind-demo"  # noqa: S105 - demo logins, listed in the README
 # username -> (role, teams); mallory is the outsider: no role, no team.
@@ -20,25 +21,43 @@ DEMO_USERS = {
 
 class Command(BaseCommand):
     help = (
-        "Load the demo estate (demo/estate.yaml through the estate import, its targets at "
-        "DEMO_TARGETS_URL: systems, map, contracts, "
-        "approval policies, trigger rules), the demo runbooks and the policy pre-approving one, "
-        "the demo users and the failed demo run."
+        "Load what is missing of the demo: the estate (demo/estate.yaml through the estate "
+        "import, its targets at DEMO_TARGETS_URL: systems, map, contracts, approval policies, "
+        "trigger rules) and the policy pre-approving a runbook, the demo runbooks, the demo "
+        "users and the failed demo run. What is there already is kept as an admin left it; "
+        "--reset imports the demo estate again over it."
     )
 
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--reset",
+            action="store_true",
+            help="import demo/estate.yaml again, undoing admins' edits of the demo estate",
+        )
+
     def handle(self, *args, **options):
+        is_loaded = System.objects.exists() and not options["reset"]
         text = seed.estate_text()  # its targets at DEMO_TARGETS_URL
-        result = import_document(parse(text), actor="command:seed_demo")
-        self.stdout.write(f"estate: {len(result.changes)} change(s)")
+        if is_loaded:
+            # An admin's edits (a policy, a contract) survive a restart of `make run`.
+            self.stdout.write(
+                "estate: already loaded, kept as it is (seed_demo --reset reloads it)"
+            )
+        else:
+            result = import_document(parse(text), actor="command:seed_demo")
+            self.stdout.write(f"estate: {len(result.changes)} change(s)")
         self.stdout.write(seed.runbooks(actor="command:seed_demo"))
-        result = import_document(seed.with_runbook_policies(parse(text)), actor="command:seed_demo")
-        self.stdout.write(f"runbook policies: {len(result.changes)} change(s)")
+        if not is_loaded:  # the policy pre-approving a runbook names its published version
+            doc = seed.with_runbook_policies(parse(text))
+            result = import_document(doc, actor="command:seed_demo")
+            self.stdout.write(f"runbook policies: {len(result.changes)} change(s)")
         User = get_user_model()
         with transaction.atomic():
             for username, (role, teams) in DEMO_USERS.items():
                 user, created = User.objects.get_or_create(username=username)
-                if created:
-                    user.set_password(DEMO_PASSWORD)
+                if not created:
+                    continue  # its groups, password and flags are an admin's now
+                user.set_password(DEMO_PASSWORD)
                 user.email = f"{username}@example.com"
                 user.is_staff = user.is_superuser = role == "admin"
                 user.save()
