@@ -3,7 +3,7 @@
     DEBUG=1 .venv/bin/python -m bench.profile_batch [--rollbacks 20] [--batch 64] [--cprofile]
 
 Plans and starts R rollbacks of one stage of 10 parallel no-op steps, then plays the loop of
-``rollbacks/runner.py`` in this process: ``claim_batch`` up to B due steps, a successful
+``rollbacks/engine/loop.py`` in this process: ``claim_batch`` up to B due steps, a successful
 outcome for each (the executor is left out: it is the target's time), ``record_batch``;
 until every rollback has ended. Counts the queries and the CPU of this process per step,
 by phase; the outbox really publishes to Redis db 13 (nobody consumes it).
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     with Bench("profile_batch", limit_s=240):
         from django.db import connection, reset_queries
 
-        from rollbacks import engine, runner
+        from rollbacks import engine
+        from rollbacks.engine import loop as runner
         from rollbacks.models import Rollback, System
 
         slugs = [f"p{i:02d}" for i in range(10)]

@@ -59,14 +59,14 @@ def _init_tracing(**_kwargs) -> None:
 
 @worker_process_init.connect
 def _start_execution_loop(**_kwargs) -> None:
-    """Each pool process runs its own execution loop (rollbacks/runner.py, docs/engine.md):
+    """Each pool process runs its own execution loop (rollbacks/engine/loop.py, docs/engine.md):
     ``run_step`` hands it the step, and many steps are in flight per process."""
     import socket
 
     from django.conf import settings
 
     if settings.ENGINE_RUNNER:
-        from rollbacks import runner
+        from rollbacks.engine import loop as runner
 
         runner.start(worker=f"{socket.gethostname()}:{os.getpid()}")
 
@@ -75,7 +75,7 @@ def _start_execution_loop(**_kwargs) -> None:
 def _stop_execution_loop(**_kwargs) -> None:
     # A warm shutdown lets the steps in flight finish and be recorded; a cold one leaves
     # them to their leases.
-    from rollbacks import runner
+    from rollbacks.engine import loop as runner
 
     if (loop := runner.current()) is not None:
         loop.stop(timeout=10)

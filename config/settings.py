@@ -278,7 +278,7 @@ SWEEP_INTERVAL_S = env_int("SWEEP_INTERVAL_S", 5, minimum=1)
 # The engine's fast path (docs/engine.md): a worker that finishes a step runs the next
 # stage's step itself, without a broker hop, up to this many in a row; 0 turns it off.
 ENGINE_INLINE_STEPS = env_int("ENGINE_INLINE_STEPS", 20, minimum=0)
-# The execution loop (rollbacks/runner.py, docs/engine.md): each worker process runs up to
+# The execution loop (rollbacks/engine/loop.py, docs/engine.md): each worker process runs up to
 # ENGINE_STEPS_IN_FLIGHT steps at once; a step waiting on its target holds no pool process.
 # Off (0): a pool process runs one step at a time, as Celery tasks (the sweeper then re-sends
 # lost messages).

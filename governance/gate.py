@@ -100,7 +100,7 @@ def may_start(rollback: Rollback) -> tuple[bool, str]:
 
 
 def may_continue(rollback: Rollback) -> str:
-    """Asked by the workers before each step (rollbacks/authority.py): '' when it may go on.
+    """Asked by the workers before each step (refuse in rollbacks/engine/worker.py): '' when it may go on.
 
     A rollback an alert started on a policy's word alone (no approval, no break-glass) goes
     on only while the active policies still let an alert start it without approval.

@@ -203,7 +203,7 @@ def deferred() -> Iterator[None]:
     the block ends — still inside the caller's transaction: each chain's head is locked once
     (in the chains' lock order), every entry is inserted by one statement and every head
     moved by another, instead of two round trips an entry. For a worker recording a batch
-    of steps (rollbacks/runner.py).
+    of steps (rollbacks/engine/loop.py).
 
     Only around code that does not roll back a savepoint it recorded in and carry on: the
     kept entries would be written all the same. An exception out of the block writes

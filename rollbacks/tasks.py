@@ -4,7 +4,8 @@ import socket
 
 from celery import shared_task
 
-from rollbacks import engine, runner
+from rollbacks import engine
+from rollbacks.engine import loop as runner
 from rollbacks.health import check_health, prune_history
 from rollbacks.models import System
 
@@ -30,7 +31,7 @@ def check_system_health(*, system_id: int) -> None:
 def run_step(*, step_id: int) -> str:
     """Claim and run one step. A duplicate or late message finds nothing to claim.
 
-    In a worker process with an execution loop (rollbacks/runner.py) the step is handed to
+    In a worker process with an execution loop (rollbacks/engine/loop.py) the step is handed to
     the loop, and this pool process is free again at once."""
     import os
 

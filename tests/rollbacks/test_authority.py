@@ -1,5 +1,5 @@
 """The workers repeat the services' checks: a step runs only while whoever started the
-rollback may still operate on its system (rollbacks/authority.py). A real Celery worker, a
+rollback may still operate on its system (``refuse`` in rollbacks/engine/worker.py). A real Celery worker, a
 real loopback HTTP target, PostgreSQL and Redis."""
 
 from __future__ import annotations

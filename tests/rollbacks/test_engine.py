@@ -195,7 +195,7 @@ def test_zombie_attempt_is_refused_after_its_lease_expired(estate, alice):
     engine.rollback_start(rollback=rollback, actor=alice)
     _run_dispatched(rollback)
     step_id = rollback.steps.get(system__slug="orders-api").pk
-    zombie, zombie_attempt = engine._claim(step_id, "zombie")
+    zombie, zombie_attempt = engine.claim(step_id, "zombie")
     # The zombie goes silent; its lease runs out and the sweeper hands the step on.
     Step.objects.filter(pk=step_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert engine.sweep()["expired"] == 1
@@ -203,7 +203,7 @@ def test_zombie_attempt_is_refused_after_its_lease_expired(estate, alice):
     assert engine.step_run(step_id=step_id, worker="healthy") == "succeeded"
     # The zombie wakes up and reports: refused, and the step stays as the healthy worker left it.
     assert (
-        engine._record(zombie, zombie_attempt, ok=False, error="late", permanent=True) == "refused"
+        engine.record(zombie, zombie_attempt, ok=False, error="late", permanent=True) == "refused"
     )
     step = Step.objects.get(pk=step_id)
     assert step.state == S.SUCCEEDED
@@ -286,9 +286,9 @@ def test_in_flight_step_finishes_after_pause_but_next_stage_waits(estate, alice)
     rollback = engine.rollback_plan(run=engine_estate.failed_run(), actor=alice, reason="r")
     engine.rollback_start(rollback=rollback, actor=alice)
     flags = rollback.steps.get(system__slug="flags")
-    claimed = engine._claim(flags.pk, "w1")
+    claimed = engine.claim(flags.pk, "w1")
     engine.rollback_pause(rollback=rollback, actor=alice)
-    assert engine._record(*claimed, ok=True, output={}) == "succeeded"
+    assert engine.record(*claimed, ok=True, output={}) == "succeeded"
     assert rollback.stages.get(index=1).state == Stage.State.RUNNING  # not advanced while paused
     assert rollback.steps.get(system__slug="orders-api").state == S.PENDING
     engine.rollback_resume(rollback=rollback, actor=alice)
@@ -348,7 +348,7 @@ def test_sweeper_redispatches_a_step_whose_message_was_lost(estate, alice, setti
 def test_with_execution_loops_a_lost_message_is_claimed_from_the_database_not_resent(
     estate, alice, settings
 ):
-    from rollbacks import runner
+    from rollbacks.engine import loop as runner
 
     settings.ENGINE_RUNNER = True
     rollback = engine.rollback_plan(run=engine_estate.failed_run(), actor=alice, reason="r")

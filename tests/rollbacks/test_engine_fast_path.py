@@ -117,7 +117,7 @@ def _started_chain(make_system, alice, n: int):
 
 def _claims(monkeypatch, before_second):
     """Patch the engine's claim: ``before_second()`` runs before the second claim."""
-    real, calls = engine._claim, []
+    real, calls = engine.worker.claim, []
 
     def claim(step_id, worker, outbox_id=None):
         calls.append(step_id)
@@ -125,7 +125,7 @@ def _claims(monkeypatch, before_second):
             before_second()
         return real(step_id, worker, outbox_id)
 
-    monkeypatch.setattr(engine, "_claim", claim)
+    monkeypatch.setattr(engine.worker, "claim", claim)
     return calls
 
 

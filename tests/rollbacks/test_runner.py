@@ -1,4 +1,4 @@
-"""The execution loop (rollbacks/runner.py): its claim and record in-process, and a real
+"""The execution loop (rollbacks/engine/loop.py): its claim and record in-process, and a real
 worker keeping many steps in flight, a hanging target holding up only its own rollback."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import os
 import pytest
 
 from ledger.models import Entry
-from rollbacks import engine, runner, runs, services
+from rollbacks import engine, runs, services
+from rollbacks.engine import loop as runner
 from rollbacks.models import Attempt, Outbox, Rollback, Step
 from tests.conftest import WORKER_ARGS, start_celery, stop_process
 from tests.rollbacks.engine_estate import wait_for

@@ -1,4 +1,4 @@
-"""The execution loop: many steps in flight per worker process (docs/engine.md).
+"""The execution loop: many steps in flight per worker process (docs/execution.md).
 
 Each Celery prefork pool process starts one ``Runner`` (``config/celery.py``,
 ``worker_process_init``). The ``run_step`` task only hands its step id to it and returns,
@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -47,8 +46,13 @@ from django.utils import timezone
 from opentelemetry.propagate import inject
 
 import ledger.services as ledger
-from rollbacks import authority, engine, outbox
-from rollbacks.models import Attempt, Outbox, Rollback, Stage, Step
+from rollbacks import outbox
+from rollbacks.engine import worker as execution
+from rollbacks.engine.advance import advance
+from rollbacks.engine.base import RUN_STEP, write_summary
+from rollbacks.engine.sweeper import expire_leases
+from rollbacks.engine.worker import claimable, refusal, refuse
+from rollbacks.models import Attempt, Outbox, Rollback, Step
 
 log = logging.getLogger(__name__)
 S = Step.State
@@ -74,61 +78,44 @@ def start(*, worker: str) -> Runner:
 
 # Claim ----------------------------------------------------------------------------------------
 
+# The candidates of a claim: the claim rule's steps (``claimable``), the hinted ones first,
+# then by when they became due, at most ``max_in_flight`` running per system.
 _PG_CANDIDATES = """
-WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock(%(lock)s) AS locked),
+WITH base (id, system_id, max_in_flight, next_attempt_at, dispatched_at) AS ({claimable}),
 cand AS (
-    SELECT s.id, s.system_id, sy.max_in_flight AS cap,
-           (s.id = ANY(%(hints)s)) AS hinted,
-           coalesce(s.next_attempt_at, s.dispatched_at) AS due,
+    SELECT id, system_id, max_in_flight AS cap, (id = ANY(%s)) AS hinted,
+           coalesce(next_attempt_at, dispatched_at) AS due,
            row_number() OVER (
-               PARTITION BY s.system_id
-               ORDER BY (s.id = ANY(%(hints)s)) DESC, coalesce(s.next_attempt_at, s.dispatched_at), s.id
+               PARTITION BY system_id
+               ORDER BY (id = ANY(%s)) DESC, coalesce(next_attempt_at, dispatched_at), id
            ) AS nth
-    FROM rollbacks_step s
-    JOIN rollbacks_rollback r ON r.id = s.rollback_id
-    JOIN rollbacks_stage st ON st.id = s.stage_id
-    JOIN rollbacks_system sy ON sy.id = s.system_id
-    WHERE s.state IN (%(pending)s, %(retry_wait)s) AND NOT s.is_manual
-      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s)
-      AND r.state = %(rollback_running)s
-      AND st.state IN (%(stage_running)s, %(stage_halted)s)
-      AND (SELECT count(*) FROM gate) = 1
+    FROM base
 ),
 busy AS (
-    SELECT system_id, count(*) AS running FROM rollbacks_step
-    WHERE state = %(running)s AND system_id IN (SELECT system_id FROM cand WHERE cap IS NOT NULL)
+    SELECT system_id, count(*) AS running FROM {step}
+    WHERE state = %s AND system_id IN (SELECT system_id FROM cand WHERE cap IS NOT NULL)
     GROUP BY system_id
 )
 SELECT c.id FROM cand c LEFT JOIN busy b ON b.system_id = c.system_id
 WHERE c.cap IS NULL OR c.nth <= c.cap - coalesce(b.running, 0)
 ORDER BY c.hinted DESC, c.due NULLS FIRST, c.id
-LIMIT %(limit)s
+LIMIT %s
 """
 
-# The engine's claim (engine._PG_CLAIM) for several steps at once.
-_PG_CLAIM_MANY = (
-    "UPDATE rollbacks_step AS s SET state = %(running)s, attempts = s.attempts + 1, "
-    "fencing_token = s.fencing_token + 1, lease_expires_at = %(lease)s "
-    "FROM rollbacks_rollback AS r, rollbacks_stage AS st "
-    "WHERE s.id = ANY(%(ids)s) AND s.state IN (%(pending)s, %(retry_wait)s) AND NOT s.is_manual "
-    "AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s) "
-    "AND r.id = s.rollback_id AND r.state = %(rollback_running)s "
-    "AND st.id = s.stage_id AND st.state IN (%(stage_running)s, %(stage_halted)s) "
-    "RETURNING s.id, s.attempts, s.fencing_token"
-)
 
-
-def _params(now: datetime, **extra) -> dict[str, Any]:
-    return {
-        "now": now,
-        "running": S.RUNNING,
-        "pending": S.PENDING,
-        "retry_wait": S.RETRY_WAIT,
-        "rollback_running": R.RUNNING,
-        "stage_running": Stage.State.RUNNING,
-        "stage_halted": Stage.State.HALTED,
-        **extra,
-    }
+def _candidates(hints: list[int], limit: int, now) -> list[int]:
+    """Run under the claim's advisory lock, taken by an earlier statement of the same
+    transaction: this statement's snapshot then sees every claim committed before it."""
+    base, params = (
+        claimable(now)
+        .order_by()
+        .values("pk", "system_id", "system__max_in_flight", "next_attempt_at", "dispatched_at")
+        .query.sql_with_params()
+    )
+    sql = _PG_CANDIDATES.format(claimable=base, step=Step._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, hints, hints, S.RUNNING, limit])
+        return [row[0] for row in cursor.fetchall()]
 
 
 @dataclass
@@ -140,7 +127,7 @@ class Claimed:
 
 
 def _refused(steps: list[Step]) -> set[int]:
-    """The steps whose rollback's starter may no longer act on their system (authority.py):
+    """The steps whose rollback's starter may no longer act on their system (``worker.refusal``):
     asked once per rollback for all its systems, and per system only when that refuses."""
     refused: set[int] = set()
     by_rollback: dict[int, list[Step]] = {}
@@ -148,10 +135,10 @@ def _refused(steps: list[Step]) -> set[int]:
         by_rollback.setdefault(step.rollback_id, []).append(step)
     for group in by_rollback.values():
         rollback = group[0].rollback
-        if not authority.refusal(rollback, list({s.system_id: s.system for s in group}.values())):
+        if not refusal(rollback, list({s.system_id: s.system for s in group}.values())):
             continue
         for step in group:
-            if authority.refuse(step):  # fails it, waiting for a human, and ledgers why
+            if refuse(step):  # fails it, waiting for a human, and ledgers why
                 refused.add(step.pk)
     return refused
 
@@ -165,12 +152,9 @@ def claim_batch(*, hints: dict[int, int | None], limit: int, worker: str) -> lis
         return _claim_one_by_one(hints=hints, limit=limit, worker=worker)
     now = timezone.now()
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _PG_CANDIDATES,
-                _params(now, lock=CLAIM_LOCK, hints=list(hints), limit=limit),
-            )
-            ids = [row[0] for row in cursor.fetchall()]
+        with connection.cursor() as cursor:  # claims one at a time: max_in_flight holds
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK])
+        ids = _candidates(list(hints), limit, now)
         if not ids:
             return []
         steps = list(
@@ -182,21 +166,19 @@ def claim_batch(*, hints: dict[int, int | None], limit: int, worker: str) -> lis
         ids = [s.pk for s in steps if s.pk not in refused]
         if not ids:
             return []
-        with connection.cursor() as cursor:
-            cursor.execute(_PG_CLAIM_MANY, _params(now, ids=ids, lease=now + engine.LEASE))
-            claimed = {pk: (attempts, token) for pk, attempts, token in cursor.fetchall()}
+        claimed = execution.claim_steps(ids, now)
         # In rollback order, as the ledger's chains are taken (ledger/services.py).
         steps = sorted((s for s in steps if s.pk in claimed), key=lambda s: (s.rollback_id, s.pk))
         for step in steps:
-            step.state, step.lease_expires_at = S.RUNNING, now + engine.LEASE
+            step.state, step.lease_expires_at = S.RUNNING, now + execution.LEASE
             step.attempts, step.fencing_token = claimed[step.pk]
         with ledger.deferred():  # one round trip for the entries of every chain
-            attempts = engine.open_attempts(steps, worker, now)
+            attempts = execution.open_attempts(steps, worker, now)
         sent = [hints[s.pk] for s in steps if hints.get(s.pk)]
         if sent:
             outbox.mark_sent(sent, at=now)  # taken at the claim: no broker hop
         return [
-            Claimed(step, attempt, engine._executor_for(step, attempt))
+            Claimed(step, attempt, execution.executor_for(step, attempt))
             for step, attempt in zip(steps, attempts, strict=True)
         ]
 
@@ -205,13 +187,7 @@ def _claim_one_by_one(*, hints: dict[int, int | None], limit: int, worker: str) 
     """SQLite (the embedded demo): the engine's own claim, one step after another."""
     now = timezone.now()
     due = (
-        Step.objects.filter(
-            state__in=(S.PENDING, S.RETRY_WAIT),
-            is_manual=False,
-            rollback__state=R.RUNNING,
-            stage__state__in=(Stage.State.RUNNING, Stage.State.HALTED),
-        )
-        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        claimable(now)
         .exclude(pk__in=list(hints))
         .order_by("next_attempt_at", "dispatched_at", "pk")
         .values_list("pk", flat=True)[:limit]
@@ -230,10 +206,10 @@ def _claim_one_by_one(*, hints: dict[int, int | None], limit: int, worker: str) 
             Step.objects.filter(system_id=system_id, state=S.RUNNING).count() >= caps[system_id]
         ):
             continue
-        claimed = engine._claim(step_id, worker, hints.get(step_id))
+        claimed = execution.claim(step_id, worker, hints.get(step_id))
         if claimed is not None:
             step, attempt = claimed
-            out.append(Claimed(step, attempt, engine._executor_for(step, attempt)))
+            out.append(Claimed(step, attempt, execution.executor_for(step, attempt)))
     return out
 
 
@@ -264,7 +240,7 @@ def record_batch(results: list[Result]) -> None:
             step = result.claimed.step
             if step.pk in succeeded:
                 result.verdict = "succeeded"
-                engine.record_attempt_entry(
+                execution.record_attempt_entry(
                     locked[step.rollback_id],
                     step,
                     result.claimed.attempt,
@@ -272,7 +248,7 @@ def record_batch(results: list[Result]) -> None:
                     output=result.outcome.get("output"),
                 )
             else:  # a failure, or a success whose lease was lost (refused there)
-                result.verdict = engine.record_locked(
+                result.verdict = execution.record_locked(
                     locked[step.rollback_id], step, result.claimed.attempt, **result.outcome
                 )
             if result.verdict != "refused":
@@ -280,14 +256,14 @@ def record_batch(results: list[Result]) -> None:
         for pk in ids:
             if pk in moved:
                 if locked[pk].is_terminal:  # aborted while its attempts ran: they still count
-                    engine.write_summary(locked[pk])
-                engine.advance(locked[pk])
+                    write_summary(locked[pk])
+                advance(locked[pk])
 
 
 def _record_successes(results: list[Result]) -> set[int]:
     """The succeeded attempts' compare-and-set on PostgreSQL, in one UPDATE of the steps
     (those still holding their fencing token) and one of their attempts; returns the steps
-    it moved. Elsewhere (and for the rest) ``engine.record_locked`` does it step by step."""
+    it moved. Elsewhere (and for the rest) ``execution.record_locked`` does it step by step."""
     if not results or connection.vendor != "postgresql":
         return set()
     now = timezone.now()
@@ -333,7 +309,7 @@ def record_each(results: list[Result]) -> None:
     not keep the others from being recorded)."""
     for result in results:
         try:
-            result.verdict = engine._record(
+            result.verdict = execution.record(
                 result.claimed.step, result.claimed.attempt, **result.outcome
             )
         except Exception:
@@ -354,7 +330,7 @@ class _LeaseRenewer(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self.stopped.wait(engine.LEASE.total_seconds() / 3):
+            while not self.stopped.wait(execution.LEASE.total_seconds() / 3):
                 pairs = self.inflight()
                 if not pairs:
                     continue
@@ -363,7 +339,7 @@ class _LeaseRenewer(threading.Thread):
                     match |= Q(pk=pk, fencing_token=token)
                 try:
                     Step.objects.filter(match, state=S.RUNNING).update(
-                        lease_expires_at=timezone.now() + engine.LEASE
+                        lease_expires_at=timezone.now() + execution.LEASE
                     )
                 except Exception:  # the database is away: try again next time
                     log.exception("lease renewal failed")
@@ -465,7 +441,7 @@ class Runner:
                         break
                 elif time.monotonic() >= next_lease_check:
                     try:
-                        if await self._on_db(engine.expire_leases):
+                        if await self._on_db(expire_leases):
                             poll = True
                     except Exception:
                         log.exception("expire_leases failed")
@@ -508,13 +484,13 @@ class Runner:
     async def _execute(self, c: Claimed) -> None:
         step = c.step
         try:
-            with engine.tracer.start_as_current_span(
+            with execution.tracer.start_as_current_span(
                 f"compensate {step.system.slug}",
-                context=engine._traceparent(step.rollback.trace_id),
+                context=execution.traceparent(step.rollback.trace_id),
             ):
                 headers: dict[str, str] = {}
                 inject(headers)
-                work = engine.step_work(step, headers.get("traceparent", ""))
+                work = execution.step_work(step, headers.get("traceparent", ""))
                 outcome = await self._call(c.executor, work)
         except Exception as exc:  # never lose the step
             log.exception("step %s: unexpected error", step.pk)
@@ -547,7 +523,7 @@ class Runner:
         held: list[Outbox] = []
 
         def record() -> None:
-            hold = outbox.holding(engine.RUN_STEP, held) if settings.ENGINE_INLINE_STEPS else None
+            hold = outbox.holding(RUN_STEP, held) if settings.ENGINE_INLINE_STEPS else None
             try:
                 if hold is not None:
                     with hold:

@@ -1,0 +1,143 @@
+"""What every part of the engine shares: its errors, its signal, the governance and drill
+hooks it finds through settings, and the rollback's own transitions and summary."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.dispatch import Signal
+from opentelemetry import trace
+
+import ledger.services as ledger
+from rollbacks.models import (
+    Rollback,
+    Step,
+)
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("unwind.engine")
+
+
+RUN_STEP = "rollbacks.tasks.run_step"
+S = Step.State
+R = Rollback.State
+
+
+# Sent inside the transaction that moves a rollback to a terminal state (kwargs: rollback,
+# actor); reconcile/ listens and queues its checks through the outbox.
+rollback_ended = Signal()
+
+
+class EngineError(ValidationError):
+    """The action is not possible; built from {field: message} so callers can name the field
+    (``state`` when the current state forbids it)."""
+
+
+def governance():
+    """The governance module (``settings.UNWIND_GOVERNANCE``), or None when none is set.
+
+    Imports flow governance → rollbacks, so the engine finds it by name. It provides
+    ``submit(rollback, actor) -> (needs_approval, why)``, ``may_start(rollback) -> (ok, why)``
+    and ``stage_is_open(rollback, stage) -> bool``; optionally ``may_continue(rollback) ->
+    why not`` ('' to go on), which the workers ask before each step (worker.refusal).
+    """
+    from importlib import import_module
+
+    path = getattr(settings, "UNWIND_GOVERNANCE", "")
+    return import_module(path) if path else None
+
+
+def drill_hooks(*, required_for: str = ""):
+    """The drills module (``settings.UNWIND_DRILLS``): a drill's faults. None when none is
+    set; an ``EngineError`` naming ``required_for`` when the caller cannot do without it."""
+    from importlib import import_module
+
+    path = getattr(settings, "UNWIND_DRILLS", "")
+    if not path and required_for:
+        raise EngineError({required_for: "drills are not configured (UNWIND_DRILLS)"})
+    return import_module(path) if path else None
+
+
+# Transitions ---------------------------------------------------------------------------------
+
+VERBS = {
+    "started": "start",
+    "paused": "pause",
+    "resumed": "resume",
+    "aborted": "abort",
+    "retried": "retry",
+    "skipped": "skip",
+    "resolved": "resolve",
+    "submitted": "submit",
+    "reopened": "add a follow-up stage to it",
+}
+
+
+def verb(action: str) -> str:
+    """'rollback.paused' -> 'pause', for messages that say what could not be done."""
+    done = action.split(".")[-1]
+    return VERBS.get(done, done)
+
+
+def transition_rollback(
+    rollback: Rollback, from_states, to_state, *, actor, action, reason="", **fields
+) -> None:
+    updated = Rollback.objects.filter(pk=rollback.pk, state__in=from_states).update(
+        state=to_state, **fields
+    )
+    if not updated:
+        current = Rollback.objects.values_list("state", flat=True).get(pk=rollback.pk)
+        raise EngineError(
+            {
+                "state": f"rollback #{rollback.pk} is {Rollback.State(current).label}: cannot {verb(action)}"
+            }
+        )
+    ledger.record(
+        actor=actor,
+        action=action,
+        subject=rollback,
+        rollback_id=rollback.pk,
+        reason=reason,
+        trace_id=rollback.trace_id,
+        payload={"from": list(from_states), "to": to_state, "is_drill": rollback.is_drill},
+    )
+    rollback.state = to_state
+    for k, v in fields.items():
+        setattr(rollback, k, v)
+    if to_state in Rollback.TERMINAL:
+        rollback_ended.send(sender=Rollback, rollback=rollback, actor=actor)
+
+
+def locked(rollback: Rollback) -> Rollback:
+    return Rollback.objects.select_for_update().get(pk=rollback.pk)
+
+
+def rollback_outcome(rollback: Rollback) -> dict[str, list[str]]:
+    """What was undone and what was not, in words an operator reads at 3 a.m."""
+    undone, not_undone = [], []
+    for step in rollback.steps.select_related("system", "forward_action").order_by(
+        "stage__index", "id"
+    ):
+        what = f"{step.forward_action.action_type} on {step.system.slug}"
+        if step.state == S.SUCCEEDED:
+            undone.append(what + (f" (by hand: {step.human_note})" if step.is_manual else ""))
+        elif step.state == S.SKIPPED:
+            not_undone.append(f"{what}: skipped — {step.human_note}")
+        else:
+            not_undone.append(
+                f"{what}: {step.get_state_display()}"
+                + (f" — {step.last_error}" if step.last_error else "")
+            )
+    return {"undone": undone, "not_undone": not_undone}
+
+
+def write_summary(rollback: Rollback) -> None:
+    """Store what was undone and what was not on the rollback (``rollback_outcome``)."""
+    outcome = rollback_outcome(rollback)
+    text = f"Undone: {len(outcome['undone'])} of {len(outcome['undone']) + len(outcome['not_undone'])} steps."
+    if outcome["not_undone"]:
+        text += " Not undone: " + "; ".join(outcome["not_undone"]) + "."
+    Rollback.objects.filter(pk=rollback.pk).update(outcome_summary=text)
+    rollback.outcome_summary = text
