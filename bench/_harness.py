@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 REDIS_URL = "redis://127.0.0.1:6379/13"
+OWNER_KEY = "bench:owner"  # the database name of the run that flushed Redis last
 WORKER_FLAGS = [
     "--loglevel",
     "WARNING",
@@ -113,6 +114,7 @@ class Bench:
         os.environ.setdefault("LOG_LEVEL", "WARNING")
         self.redis = redis.Redis.from_url(self.redis_url)
         self.redis.flushdb()
+        self.redis.set(OWNER_KEY, self.db)
 
         import django
 
@@ -148,6 +150,20 @@ class Bench:
 
     def log(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
+
+    def redis_was_shared(self) -> str:
+        """Why this run's Redis db was not its own ('' if it was): another run that did not
+        take the lock flushes it (losing this run's messages) or publishes into it."""
+        try:
+            owner = self.redis.get(OWNER_KEY)
+        except Exception as exc:  # noqa: BLE001 (a report, not a failure)
+            return f"could not read {OWNER_KEY}: {exc}"
+        if owner is None or owner.decode() != self.db:
+            return (
+                f"Redis {self.redis_url} was flushed or taken over during the run (another "
+                "benchmark without the lock?): the figures are not this run's alone"
+            )
+        return ""
 
     def start_worker(
         self, concurrency: int, *, name: str = "w", settings: str = "config.settings"

@@ -307,6 +307,10 @@ def drain_run(b: Bench, svc: Services, admin, base: str, rollbacks, box_s: float
     }
 
 
+def ratio(x: float, baseline: float) -> str:
+    return f"{x / baseline:.2f}x" if baseline else "n/a (no baseline)"
+
+
 def fmt_durations(xs: list[float]) -> str:
     if not xs:
         return "none finished"
@@ -321,7 +325,7 @@ def report(run: dict, raw: dict) -> bool:
     print(
         f"  {run['label']}: {run['ok_steps']} of {run['steps_total']} steps succeeded in "
         f"{run['s']:.1f} s (starting all {run['n']} took {run['started_s']:.1f} s of it): "
-        f"{run['rate']:.1f} steps/s = {run['rate'] / raw['rate']:.2f}x raw{boxed}"
+        f"{run['rate']:.1f} steps/s = {ratio(run['rate'], raw['rate'])} raw{boxed}"
     )
     print(f"    steps by state: {run['states']}; attempts {run['attempts']}")
     print(
@@ -454,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
         print(f"  machine at the end: {machine()}")
+        if shared := b.redis_was_shared():
+            print(f"  WARNING: {shared}")
         print(f"  checks: {'0 lost, 0 duplicate effects' if ok else 'FAILED'}")
         return 0 if ok else 1
 
