@@ -73,13 +73,13 @@ SWEEP_RESULT = re.compile(r"Task rollbacks\.[\w.]*sweep\[[^\]]*\] succeeded in [
 # Setup ---------------------------------------------------------------------------------------
 
 
-def make_io_estate(slugs: list[str], base: str):
+def make_io_estate(slugs: list[str], base: str, edges: list[tuple[str, str, str]] = ()):
     """``make_estate``'s team and systems, each with an HTTP ``undo`` to the target; the
     ``hang`` system's undo goes to ``/hang/`` with a 10 s timeout and 1 attempt."""
     from rollbacks import services
     from rollbacks.models import System
 
-    admin = make_estate([*slugs, "hang"], edges=[])
+    admin = make_estate([*slugs, "hang"], edges=list(edges))
     for system in System.objects.filter(slug__in=[*slugs, "hang"]):
         path = "hang" if system.slug == "hang" else "undo"
         action = {
@@ -173,7 +173,7 @@ def sweeps_in(logs: list[tuple[object, int]]) -> dict:
 def sweep_counts(sweep: dict) -> str:
     """``expired 0, redispatched 3, …`` of ``sweeps_in``, or why there is nothing to add."""
     counts = ", ".join(f"{k} {v}" for k, v in sweep.items() if k != "sweeps")
-    return counts or "none ran (sweep messages wait in the queue like every other)"
+    return counts or "no sweep result logged in this window (a sweep's message queues like any)"
 
 
 def log_offsets(procs) -> list[tuple[object, int]]:
