@@ -113,8 +113,7 @@ class Bench:
         os.environ.setdefault("DEBUG", "1")
         os.environ.setdefault("LOG_LEVEL", "WARNING")
         self.redis = redis.Redis.from_url(self.redis_url)
-        self.redis.flushdb()
-        self.redis.set(OWNER_KEY, self.db)
+        self.flush_redis()
 
         import django
 
@@ -150,6 +149,11 @@ class Bench:
 
     def log(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
+
+    def flush_redis(self) -> None:
+        """Empty this run's Redis db, and mark it as this run's (``redis_was_shared``)."""
+        self.redis.flushdb()
+        self.redis.set(OWNER_KEY, self.db)
 
     def redis_was_shared(self) -> str:
         """Why this run's Redis db was not its own ('' if it was): another run that did not
@@ -278,7 +282,9 @@ class Bench:
 
 def production_command(process: str, procfile: Path = ROOT / "Procfile.demo"):
     """``(env, argv)`` of a Procfile line: ``exec`` dropped, ``$BIN_DIR`` the folder of this
-    Python (the project's virtualenv), leading ``NAME=value`` words as environment."""
+    Python (the project's virtualenv), leading ``NAME=value`` words as environment, and a
+    restart wrapper in front of ``celery`` (``python -m demo.supervise celery …``) dropped:
+    the benchmark runs Celery itself, and supervises it where it needs to (bench.recovery)."""
     for line in procfile.read_text().splitlines():
         key, _, command = line.partition(":")
         if key.strip() == process:
@@ -293,7 +299,8 @@ def production_command(process: str, procfile: Path = ROOT / "Procfile.demo"):
         if word != "exec":
             name, _, value = word.partition("=")
             env[name] = value
-    return env, words
+    celery = next((i for i, word in enumerate(words) if Path(word).name == "celery"), 0)
+    return env, words[celery:]
 
 
 def with_option(argv: list[str], option: str, value: str) -> list[str]:

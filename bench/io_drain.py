@@ -246,16 +246,17 @@ def drain_run(b: Bench, svc: Services, admin, base: str, rollbacks, box_s: float
         svc.stop()  # warm: in-flight steps finish, prefetched messages go back
         in_broker = step_ids_in_broker(b)
         unsent = {
-            o.get("step_id")
-            for o in Outbox.objects.filter(task=engine.RUN_STEP, sent_at__isnull=True)
+            step_id
+            for o in Outbox.objects.filter(sent_at__isnull=True)
             .values_list("kwargs", flat=True)
             .iterator()
+            for step_id in o.get("step_ids") or [o.get("step_id")]
         }
         unfinished = list(steps.exclude(state__in=settled).values_list("pk", flat=True))
         lost_boxed = [pk for pk in unfinished if pk not in in_broker and pk not in unsent]
         for r in Rollback.objects.filter(pk__in=ids).exclude(state__in=Rollback.TERMINAL):
             engine.rollback_abort(rollback=r, actor=admin, reason="bench: time box ended")
-        b.redis.flushdb()
+        b.flush_redis()
         svc.start()
 
     stats = target_stats(base)
@@ -301,7 +302,6 @@ def drain_run(b: Bench, svc: Services, admin, base: str, rollbacks, box_s: float
         "dup_attempts": per_step.filter(good__gt=1).count(),
         "dup_ledger": ledger_ok,
         "attempts": Attempt.objects.filter(step_id__in=step_ids).count(),
-        "outbox": Outbox.objects.filter(task=engine.RUN_STEP).count(),
         "max_in_flight": stats["max_in_flight"],
         "states": dict(steps.values_list("state").annotate(c=Count("id"))),
     }
