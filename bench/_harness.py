@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 REDIS_URL = "redis://127.0.0.1:6379/13"
+OWNER_KEY = "bench:owner"  # the database name of the run that flushed Redis last
 WORKER_FLAGS = [
     "--loglevel",
     "WARNING",
@@ -112,7 +113,7 @@ class Bench:
         os.environ.setdefault("DEBUG", "1")
         os.environ.setdefault("LOG_LEVEL", "WARNING")
         self.redis = redis.Redis.from_url(self.redis_url)
-        self.redis.flushdb()
+        self.flush_redis()
 
         import django
 
@@ -148,6 +149,25 @@ class Bench:
 
     def log(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", flush=True)
+
+    def flush_redis(self) -> None:
+        """Empty this run's Redis db, and mark it as this run's (``redis_was_shared``)."""
+        self.redis.flushdb()
+        self.redis.set(OWNER_KEY, self.db)
+
+    def redis_was_shared(self) -> str:
+        """Why this run's Redis db was not its own ('' if it was): another run that did not
+        take the lock flushes it (losing this run's messages) or publishes into it."""
+        try:
+            owner = self.redis.get(OWNER_KEY)
+        except Exception as exc:  # noqa: BLE001 (a report, not a failure)
+            return f"could not read {OWNER_KEY}: {exc}"
+        if owner is None or owner.decode() != self.db:
+            return (
+                f"Redis {self.redis_url} was flushed or taken over during the run (another "
+                "benchmark without the lock?): the figures are not this run's alone"
+            )
+        return ""
 
     def start_worker(
         self, concurrency: int, *, name: str = "w", settings: str = "config.settings"
@@ -262,7 +282,9 @@ class Bench:
 
 def production_command(process: str, procfile: Path = ROOT / "Procfile.demo"):
     """``(env, argv)`` of a Procfile line: ``exec`` dropped, ``$BIN_DIR`` the folder of this
-    Python (the project's virtualenv), leading ``NAME=value`` words as environment."""
+    Python (the project's virtualenv), leading ``NAME=value`` words as environment, and a
+    restart wrapper in front of ``celery`` (``python -m demo.supervise celery …``) dropped:
+    the benchmark runs Celery itself, and supervises it where it needs to (bench.recovery)."""
     for line in procfile.read_text().splitlines():
         key, _, command = line.partition(":")
         if key.strip() == process:
@@ -277,7 +299,8 @@ def production_command(process: str, procfile: Path = ROOT / "Procfile.demo"):
         if word != "exec":
             name, _, value = word.partition("=")
             env[name] = value
-    return env, words
+    celery = next((i for i, word in enumerate(words) if Path(word).name == "celery"), 0)
+    return env, words[celery:]
 
 
 def with_option(argv: list[str], option: str, value: str) -> list[str]:

@@ -87,23 +87,26 @@ def in_threads(fn, items, threads: int = THREADS) -> list:
 
 
 def step_ids_in_broker(b: Bench) -> set[int]:
-    """Step ids of the ``run_step`` messages still in Redis (queued, or unacked)."""
+    """Step ids of the ``run_step`` (one step) and ``run_steps`` (a dispatch's steps)
+    messages still in Redis (queued, or unacked)."""
     import base64
     import json
-
-    from rollbacks import engine
 
     raw = list(b.redis.lrange("celery", 0, -1))
     raw += [json.dumps(json.loads(v)[0]).encode() for v in b.redis.hvals("unacked")]
     ids = set()
     for item in raw:
         msg = json.loads(item)
-        if msg["headers"].get("task") != engine.RUN_STEP:
+        if msg["headers"].get("task") not in (
+            "rollbacks.tasks.run_step",
+            "rollbacks.tasks.run_steps",
+        ):
             continue
         body = msg["body"]
         if msg["properties"].get("body_encoding") == "base64":
             body = base64.b64decode(body)
-        ids.add(json.loads(body)[1]["step_id"])
+        kwargs = json.loads(body)[1]
+        ids.update(kwargs.get("step_ids") or [kwargs["step_id"]])
     return ids
 
 
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             b.log(f"  steps with no message: {no_message[:20]}; Redis keys: {keys}")
             b.log(f"  worker log tail:\n{b.worker_log_tail(worker, 2000)}")
 
-        b.redis.flushdb()
+        b.flush_redis()
         worker = b.start_worker(2, name="c2b", settings=args.worker_settings)
         try:
             raw2, raw2_s = raw_drain(b, total, 120)

@@ -73,13 +73,13 @@ SWEEP_RESULT = re.compile(r"Task rollbacks\.[\w.]*sweep\[[^\]]*\] succeeded in [
 # Setup ---------------------------------------------------------------------------------------
 
 
-def make_io_estate(slugs: list[str], base: str):
+def make_io_estate(slugs: list[str], base: str, edges: list[tuple[str, str, str]] = ()):
     """``make_estate``'s team and systems, each with an HTTP ``undo`` to the target; the
     ``hang`` system's undo goes to ``/hang/`` with a 10 s timeout and 1 attempt."""
     from rollbacks import services
     from rollbacks.models import System
 
-    admin = make_estate([*slugs, "hang"], edges=[])
+    admin = make_estate([*slugs, "hang"], edges=list(edges))
     for system in System.objects.filter(slug__in=[*slugs, "hang"]):
         path = "hang" if system.slug == "hang" else "undo"
         action = {
@@ -173,7 +173,7 @@ def sweeps_in(logs: list[tuple[object, int]]) -> dict:
 def sweep_counts(sweep: dict) -> str:
     """``expired 0, redispatched 3, …`` of ``sweeps_in``, or why there is nothing to add."""
     counts = ", ".join(f"{k} {v}" for k, v in sweep.items() if k != "sweeps")
-    return counts or "none ran (sweep messages wait in the queue like every other)"
+    return counts or "no sweep result logged in this window (a sweep's message queues like any)"
 
 
 def log_offsets(procs) -> list[tuple[object, int]]:
@@ -246,16 +246,17 @@ def drain_run(b: Bench, svc: Services, admin, base: str, rollbacks, box_s: float
         svc.stop()  # warm: in-flight steps finish, prefetched messages go back
         in_broker = step_ids_in_broker(b)
         unsent = {
-            o.get("step_id")
-            for o in Outbox.objects.filter(task=engine.RUN_STEP, sent_at__isnull=True)
+            step_id
+            for o in Outbox.objects.filter(sent_at__isnull=True)
             .values_list("kwargs", flat=True)
             .iterator()
+            for step_id in o.get("step_ids") or [o.get("step_id")]
         }
         unfinished = list(steps.exclude(state__in=settled).values_list("pk", flat=True))
         lost_boxed = [pk for pk in unfinished if pk not in in_broker and pk not in unsent]
         for r in Rollback.objects.filter(pk__in=ids).exclude(state__in=Rollback.TERMINAL):
             engine.rollback_abort(rollback=r, actor=admin, reason="bench: time box ended")
-        b.redis.flushdb()
+        b.flush_redis()
         svc.start()
 
     stats = target_stats(base)
@@ -301,10 +302,13 @@ def drain_run(b: Bench, svc: Services, admin, base: str, rollbacks, box_s: float
         "dup_attempts": per_step.filter(good__gt=1).count(),
         "dup_ledger": ledger_ok,
         "attempts": Attempt.objects.filter(step_id__in=step_ids).count(),
-        "outbox": Outbox.objects.filter(task=engine.RUN_STEP).count(),
         "max_in_flight": stats["max_in_flight"],
         "states": dict(steps.values_list("state").annotate(c=Count("id"))),
     }
+
+
+def ratio(x: float, baseline: float) -> str:
+    return f"{x / baseline:.2f}x" if baseline else "n/a (no baseline)"
 
 
 def fmt_durations(xs: list[float]) -> str:
@@ -321,7 +325,7 @@ def report(run: dict, raw: dict) -> bool:
     print(
         f"  {run['label']}: {run['ok_steps']} of {run['steps_total']} steps succeeded in "
         f"{run['s']:.1f} s (starting all {run['n']} took {run['started_s']:.1f} s of it): "
-        f"{run['rate']:.1f} steps/s = {run['rate'] / raw['rate']:.2f}x raw{boxed}"
+        f"{run['rate']:.1f} steps/s = {ratio(run['rate'], raw['rate'])} raw{boxed}"
     )
     print(f"    steps by state: {run['states']}; attempts {run['attempts']}")
     print(
@@ -454,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
         print(f"  machine at the end: {machine()}")
+        if shared := b.redis_was_shared():
+            print(f"  WARNING: {shared}")
         print(f"  checks: {'0 lost, 0 duplicate effects' if ok else 'FAILED'}")
         return 0 if ok else 1
 
