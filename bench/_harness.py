@@ -183,7 +183,13 @@ class Bench:
         return proc
 
     def start_production_worker(
-        self, *, name: str = "w", concurrency: int = 2, env: dict | None = None, wait: bool = True
+        self,
+        *,
+        name: str = "w",
+        concurrency: int = 2,
+        env: dict | None = None,
+        wait: bool = True,
+        pool: str = "",
     ) -> subprocess.Popen:
         """The ``worker:`` line of Procfile.demo as it stands (so a change of the production
         command is measured without touching the benchmark), with ``--concurrency`` set to
@@ -191,6 +197,8 @@ class Bench:
         waits for) and a node name. Returns once it ran a task (unless ``wait`` is false)."""
         line_env, argv = production_command("worker")
         argv = with_option(argv, "--concurrency", str(concurrency))
+        if pool:  # a candidate pool, for a comparison (docs/engine.md)
+            argv = with_option(argv, "--pool", pool)
         argv += ["-I", "bench.tasks", "-n", f"bench-{name}-{secrets.token_hex(3)}@%h"]
         proc = self.spawn(argv, name=f"worker-{name}", env=line_env | (env or {}))
         if wait:

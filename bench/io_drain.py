@@ -185,12 +185,21 @@ def log_offsets(procs) -> list[tuple[object, int]]:
 class Services:
     """The production worker and beat; restarted after a time-boxed run."""
 
-    def __init__(self, b: Bench):
+    def __init__(self, b: Bench, pool: str = ""):
         self.b = b
         self.worker = self.beat = None
+        # "threads:64": Celery's threads pool at concurrency 64, without execution loops
+        # (ENGINE_RUNNER=0): the candidate the loop was measured against (docs/engine.md).
+        self.pool, _, threads = pool.partition(":")
+        self.concurrency = int(threads or 2)
 
     def start(self) -> None:
-        self.worker = self.b.start_production_worker(name=f"io{len(self.b.workers)}")
+        self.worker = self.b.start_production_worker(
+            name=f"io{len(self.b.workers)}",
+            concurrency=self.concurrency,
+            pool=self.pool,
+            env={"ENGINE_RUNNER": "0"} if self.pool else None,
+        )
         self.beat = self.b.start_production_beat()
 
     def stop(self) -> None:
@@ -368,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a second run where this many of 100 rollbacks have a hanging step (scaled with --small)",
     )
     ap.add_argument("--limit", type=int, default=290, help="hard time limit of the whole run (s)")
+    ap.add_argument(
+        "--pool",
+        default="",
+        help="compare a Celery pool instead, e.g. threads:64 (with ENGINE_RUNNER=0)",
+    )
     args = ap.parse_args(argv)
     count = 20 if args.small else 100
     hang = min(count - 1, round(args.hang * count / 100)) if args.hang else 0
@@ -404,9 +418,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(1 stage of {STEPS} parallel HTTP steps each); target {base}"
         )
 
-        svc = Services(b)
+        svc = Services(b, args.pool)
         svc.start()
-        b.log("production worker (Procfile.demo, concurrency 2) and beat up")
+        b.log(
+            f"worker ({'--pool ' + args.pool + ', ENGINE_RUNNER=0' if args.pool else 'Procfile.demo, concurrency 2'}) and beat up"
+        )
         try:
             budget = b.limit_s - (time.monotonic() - b.t0) - RESERVE_S
             raw = raw_http(b, base, total, min(60.0, budget * 0.2))
