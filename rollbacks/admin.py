@@ -42,7 +42,17 @@ class TeamAdmin(admin.ModelAdmin):
 
 @admin.register(System)
 class SystemAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "kind", "team", "tier", "environment", "health", "is_rehearsal")
+    list_display = (
+        "slug",
+        "name",
+        "kind",
+        "team",
+        "tier",
+        "environment",
+        "health",
+        "is_rehearsal",
+        "max_in_flight",
+    )
     list_filter = ("kind", "tier", "environment", "team", "is_rehearsal")
     search_fields = ("slug", "name")
     readonly_fields = ("health", "health_checked_at", "health_detail")

@@ -25,7 +25,18 @@ from rollbacks.models import DependencyEdge, DependencyMap, System, Team, slug_v
 
 DOCUMENT_VERSION = 1
 TOP_LEVEL = {"version", "teams", "systems", "dependencies", "contracts", "policies", "triggers"}
-SYSTEM_FIELDS = {"slug", "name", "kind", "team", "tier", "environment", "health", "rehearsal"}
+SYSTEM_FIELDS = {
+    "slug",
+    "name",
+    "kind",
+    "team",
+    "tier",
+    "environment",
+    "health",
+    "rehearsal",
+    "max_in_flight",
+}
+MAX_IN_FLIGHT_LIMIT = 10_000
 
 
 class EstateError(ValueError):
@@ -157,6 +168,17 @@ def validate(doc: Any, extension: Any = _CONFIGURED) -> list[tuple[str, str]]:
             errors.append((f"{path}.environment", "must be a string"))
         if "rehearsal" in system and not isinstance(system["rehearsal"], bool):
             errors.append((f"{path}.rehearsal", "must be true or false"))
+        cap = system.get("max_in_flight")
+        if cap is not None and (
+            not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= MAX_IN_FLIGHT_LIMIT
+        ):
+            errors.append(
+                (
+                    f"{path}.max_in_flight",
+                    f"must be a whole number from 1 to {MAX_IN_FLIGHT_LIMIT} (steps of this "
+                    "system running at once), or left out for no limit",
+                )
+            )
         for message in health_check_errors(system.get("health", {})):
             errors.append((f"{path}.health", message))
 
@@ -230,6 +252,7 @@ def _system_fields(system: dict) -> dict[str, Any]:
         "environment": system.get("environment", "production"),
         "health_check": system.get("health") or {},
         "is_rehearsal": system.get("rehearsal", False),
+        "max_in_flight": system.get("max_in_flight"),
     }
 
 
@@ -363,6 +386,8 @@ def export_document(extension: Any = _CONFIGURED) -> dict[str, Any]:
             item["health"] = s.health_check
         if s.is_rehearsal:
             item["rehearsal"] = True
+        if s.max_in_flight is not None:
+            item["max_in_flight"] = s.max_in_flight
         systems.append(item)
     doc["systems"] = systems
     deps = []

@@ -572,6 +572,9 @@ def test_malformed_documents_are_refused_with_a_path(text, path):
         ({"name": " "}, "systems[0].name"),
         ({"health": {"http": "ftp://x"}}, "systems[0].health"),
         ({"rehearsal": "yes"}, "systems[0].rehearsal"),
+        ({"max_in_flight": 0}, "systems[0].max_in_flight"),
+        ({"max_in_flight": "4"}, "systems[0].max_in_flight"),
+        ({"max_in_flight": 10_001}, "systems[0].max_in_flight"),
         ({"environment": 3}, "systems[0].environment"),
         ({"owner": "me"}, "systems[0].owner"),
     ],
@@ -753,6 +756,22 @@ def test_changing_a_system_updates_it_in_place():
     assert (orders_db.tier, orders_db.environment, orders_db.is_rehearsal) == (3, "staging", True)
     assert orders_db.health_check == {}
     assert import_document(export_document(), actor="test").changes == []
+
+
+def test_a_systems_max_in_flight_is_imported_exported_and_cleared():
+    import_demo()
+    doc = demo()
+    doc["systems"][0]["max_in_flight"] = 4
+    result = import_document(doc, actor="test")
+    assert [c for c in result.changes if c.startswith("~ system orders-db")]
+    assert System.objects.get(slug="orders-db").max_in_flight == 4
+    exported = {item["slug"]: item for item in export_document()["systems"]}
+    assert exported["orders-db"]["max_in_flight"] == 4
+    assert "max_in_flight" not in exported["events-queue"]
+    assert import_document(export_document(), actor="test").changes == []
+    del doc["systems"][0]["max_in_flight"]
+    import_document(doc, actor="test")
+    assert System.objects.get(slug="orders-db").max_in_flight is None
 
 
 def test_moving_a_system_to_another_team():
