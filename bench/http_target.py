@@ -11,6 +11,8 @@ Prints ``port <n>`` on its first line once it listens. Paths:
   answered as replays (``Idempotent-Replayed: true``), as a target that dedupes does.
   Every request is counted per key, so a benchmark can tell lost effects (a key it expected
   and the target never saw) from duplicates (a key sent more than once).
+- ``POST /flaky/<id>``: the first request of each key answers 503 (a transient error), the
+  next ones 200 after ``--delay-ms``: every step is retried once.
 - ``POST /hang/<id>``: never answers; it waits until the client gives up and hangs up (a
   target that hangs until the step's timeout). Counted too.
 - ``GET /stats``: JSON ``{"calls": {key: n}, "hang_calls": {key: n}, "first_call": {key:
@@ -72,6 +74,16 @@ async def handle(reader, writer, delay_s: float) -> None:
                     STATE["in_flight"] -= 1
                 extra = {"Idempotent-Replayed": "true"} if replayed else {}
                 writer.write(_response(200, {"undone": path[6:], "replayed": replayed}, extra))
+            elif path.startswith("/flaky/"):
+                # The first request of each key fails (503, transient), the next succeeds:
+                # every step is retried once, at its backoff.
+                STATE["calls"][key] = STATE["calls"].get(key, 0) + 1
+                STATE["first_call"].setdefault(key, time.time())
+                if STATE["calls"][key] == 1:
+                    writer.write(_response(503, {"error": "try again"}))
+                else:
+                    await asyncio.sleep(delay_s)
+                    writer.write(_response(200, {"undone": path[7:]}))
             elif path.startswith("/hang/"):
                 STATE["hang_calls"][key] = STATE["hang_calls"].get(key, 0) + 1
                 await reader.read()  # until the client hangs up

@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.db import connection, connections, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from opentelemetry.propagate import inject
 
@@ -79,15 +79,18 @@ def start(*, worker: str) -> Runner:
 # Claim ----------------------------------------------------------------------------------------
 
 # The candidates of a claim: the claim rule's steps (``claimable``), the hinted ones first,
-# then by when they became due, at most ``max_in_flight`` running per system.
+# then the retries that are due (they run at their time, ahead of fresh work), then by
+# when they became due, at most ``max_in_flight`` running per system.
 _PG_CANDIDATES = """
 WITH base (id, system_id, max_in_flight, next_attempt_at, dispatched_at) AS ({claimable}),
 cand AS (
     SELECT id, system_id, max_in_flight AS cap, (id = ANY(%s)) AS hinted,
+           (next_attempt_at IS NOT NULL) AS retry,
            coalesce(next_attempt_at, dispatched_at) AS due,
            row_number() OVER (
                PARTITION BY system_id
-               ORDER BY (id = ANY(%s)) DESC, coalesce(next_attempt_at, dispatched_at), id
+               ORDER BY (id = ANY(%s)) DESC, (next_attempt_at IS NOT NULL) DESC,
+                        coalesce(next_attempt_at, dispatched_at), id
            ) AS nth
     FROM base
 ),
@@ -98,7 +101,7 @@ busy AS (
 )
 SELECT c.id FROM cand c LEFT JOIN busy b ON b.system_id = c.system_id
 WHERE c.cap IS NULL OR c.nth <= c.cap - coalesce(b.running, 0)
-ORDER BY c.hinted DESC, c.due NULLS FIRST, c.id
+ORDER BY c.hinted DESC, c.retry DESC, c.due NULLS FIRST, c.id
 LIMIT %s
 """
 
@@ -189,7 +192,7 @@ def _claim_one_by_one(*, hints: dict[int, int | None], limit: int, worker: str) 
     due = (
         claimable(now)
         .exclude(pk__in=list(hints))
-        .order_by("next_attempt_at", "dispatched_at", "pk")
+        .order_by(F("next_attempt_at").asc(nulls_last=True), "dispatched_at", "pk")
         .values_list("pk", flat=True)[:limit]
     )
     out: list[Claimed] = []
@@ -235,21 +238,27 @@ def record_batch(results: list[Result]) -> None:
         }
         ordered = sorted(results, key=lambda r: (r.claimed.step.rollback_id, r.claimed.step.pk))
         succeeded = _record_successes([r for r in ordered if r.outcome.get("ok")])
+        retrying = _record_retries([r for r in ordered if _will_retry(r)])
         moved: set[int] = set()
         for result in ordered:
             step = result.claimed.step
-            if step.pk in succeeded:
-                result.verdict = "succeeded"
+            if step.pk in succeeded or step.pk in retrying:
+                result.verdict = "succeeded" if step.pk in succeeded else "will retry"
                 execution.record_attempt_entry(
                     locked[step.rollback_id],
                     step,
                     result.claimed.attempt,
-                    "succeeded",
+                    result.verdict,
                     output=result.outcome.get("output"),
+                    error=result.outcome.get("error", ""),
                 )
-            else:  # a failure, or a success whose lease was lost (refused there)
+            else:  # a failure for a human, or an answer whose lease was lost (refused there)
                 result.verdict = execution.record_locked(
-                    locked[step.rollback_id], step, result.claimed.attempt, **result.outcome
+                    locked[step.rollback_id],
+                    step,
+                    result.claimed.attempt,
+                    send_retry=False,
+                    **result.outcome,
                 )
             if result.verdict != "refused":
                 moved.add(step.rollback_id)
@@ -258,6 +267,65 @@ def record_batch(results: list[Result]) -> None:
                 if locked[pk].is_terminal:  # aborted while its attempts ran: they still count
                     write_summary(locked[pk])
                 advance(locked[pk])
+
+
+def _will_retry(result: Result) -> bool:
+    """A transient failure with attempts left (``record_locked``'s rule for a retry)."""
+    step, outcome = result.claimed.step, result.outcome
+    return (
+        not outcome.get("ok")
+        and not outcome.get("permanent")
+        and step.retryable
+        and step.attempts < step.max_attempts
+    )
+
+
+def _record_retries(results: list[Result]) -> set[int]:
+    """The transient failures with attempts left, on PostgreSQL: to ``retry_wait`` at their
+    backoff in one UPDATE of the steps (fencing token checked) and one of their attempts;
+    returns the steps it moved (each with its ``next_attempt_at`` set). No message is sent:
+    the loop wakes itself at the retry's time, and every loop claims due retries."""
+    if not results or connection.vendor != "postgresql":
+        return set()
+    now = timezone.now()
+    due = {r.claimed.step.pk: now + execution.backoff(r.claimed.step) for r in results}
+    rows = [
+        (
+            r.claimed.step.pk,
+            r.claimed.attempt.fencing_token,
+            due[r.claimed.step.pk],
+            r.outcome["error"],
+        )
+        for r in results
+    ]
+    values = ", ".join("(%s::bigint, %s::bigint, %s::timestamptz, %s::text)" for _ in rows)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Step._meta.db_table} AS s SET state = %s, next_attempt_at = v.at, "
+            "last_error = v.error, lease_expires_at = NULL "
+            f"FROM (VALUES {values}) AS v(id, token, at, error) "
+            "WHERE s.id = v.id AND s.fencing_token = v.token AND s.state = %s RETURNING s.id",
+            [S.RETRY_WAIT, *[x for row in rows for x in row], S.RUNNING],
+        )
+        moved = {row[0] for row in cursor.fetchall()}
+        attempts = [
+            (r.claimed.attempt.pk, r.outcome["error"])
+            for r in results
+            if r.claimed.step.pk in moved
+        ]
+        if attempts:
+            values = ", ".join("(%s::bigint, %s::text)" for _ in attempts)
+            cursor.execute(
+                f"UPDATE {Attempt._meta.db_table} AS a SET outcome = %s, finished_at = %s, "
+                f"error = v.error, output = '{{}}' FROM (VALUES {values}) AS v(id, error) "
+                "WHERE a.id = v.id",
+                [Attempt.Outcome.TRANSIENT, now, *[x for row in attempts for x in row]],
+            )
+    for r in results:
+        if r.claimed.step.pk in moved:
+            r.claimed.step.state = S.RETRY_WAIT
+            r.claimed.step.next_attempt_at = due[r.claimed.step.pk]
+    return moved
 
 
 def _record_successes(results: list[Result]) -> set[int]:
@@ -363,6 +431,7 @@ class Runner:
         self._inflight: dict[int, Claimed] = {}
         self._done: list[Result] = []
         self._stopping = False
+        self._look = False
         self._loop = asyncio.new_event_loop()
         self._wake: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(1, thread_name_prefix="unwind-db")
@@ -400,6 +469,10 @@ class Runner:
     def _poke(self) -> None:
         if self._wake is not None:
             self._wake.set()
+
+    def _retry_due(self) -> None:
+        self._look = True
+        self._poke()
 
     def _begin_stop(self) -> None:
         self._stopping = True
@@ -447,6 +520,7 @@ class Runner:
                         log.exception("expire_leases failed")
                     next_lease_check = time.monotonic() + LEASE_CHECK_S
                 if not self._stopping:
+                    poll, self._look = poll or self._look, False  # a retry fell due
                     with self._hint_lock:
                         hints, self._hints = self._hints, {}
                     if (hints or poll) and len(self._inflight) < self.capacity:
@@ -543,7 +617,7 @@ class Runner:
             step = result.claimed.step
             if result.verdict == "will retry" and step.next_attempt_at:
                 delay = max(0.0, (step.next_attempt_at - timezone.now()).total_seconds())
-                self._loop.call_later(delay, self._poke)
+                self._loop.call_later(delay, self._retry_due)
         if held:
             with self._hint_lock:
                 for row in held:

@@ -58,7 +58,7 @@ def executor_for(step: Step, attempt: Attempt):
 # Execution ----------------------------------------------------------------------------------
 
 
-def _backoff(step: Step) -> timedelta:
+def backoff(step: Step) -> timedelta:
     """Exponential backoff with equal jitter: half fixed, half random."""
     delay = min(
         step.backoff_max_s,
@@ -407,9 +407,12 @@ def record_locked(
     output: dict | None = None,
     error: str = "",
     permanent: bool = False,
+    send_retry: bool = True,
 ) -> str:
     """``_record`` inside the caller's transaction, holding ``rollback``'s row lock; the
-    caller runs ``advance`` afterwards (once per rollback when it records several steps)."""
+    caller runs ``advance`` afterwards (once per rollback when it records several steps).
+    ``send_retry=False``: a retry gets no message of its own (an execution loop wakes itself
+    at its time, and every loop claims due retries from the database)."""
     now = timezone.now()
     mine = Step.objects.filter(pk=step.pk, fencing_token=attempt.fencing_token, state=S.RUNNING)
     if ok:
@@ -424,7 +427,7 @@ def record_locked(
             "succeeded",
         )
     elif not permanent and step.retryable and step.attempts < step.max_attempts:
-        retry_at = step.next_attempt_at = now + _backoff(step)
+        retry_at = step.next_attempt_at = now + backoff(step)
         outcome, fields, verdict = (
             Attempt.Outcome.TRANSIENT,
             {"state": S.RETRY_WAIT, "next_attempt_at": retry_at, "last_error": error},
@@ -466,7 +469,7 @@ def record_locked(
     record_attempt_entry(
         rollback, step, attempt, verdict, output=output, error=error, permanent=permanent
     )
-    if fields["state"] == S.RETRY_WAIT:
+    if fields["state"] == S.RETRY_WAIT and send_retry:
         dispatch_due([(step.pk, fields["next_attempt_at"])])
     if rollback.is_terminal:  # aborted while this attempt ran: its effect still counts
         write_summary(rollback)
@@ -499,5 +502,7 @@ def record_attempt_entry(
             "output": output or {},
             "permanent": permanent,
             "is_drill": rollback.is_drill,
+            # When the next attempt is due: how late it ran is measured against this.
+            **({"retry_at": step.next_attempt_at.isoformat()} if verdict == "will retry" else {}),
         },
     )
