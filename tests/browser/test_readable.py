@@ -188,6 +188,9 @@ def test_words_and_tables_read_right_from_1024_to_1440_px(browser, live_server, 
     assert "Rehearsed: 9 of 9 steps. A drill: nothing in production was touched." in outcome
     assert "What was rehearsed" in outcome and "every step was undone" not in outcome
     assert "Undone:" not in outcome
+    page.goto(live_server.url + f"/rollbacks/{drill.pk}/report")
+    report = page.locator("main").inner_text()
+    assert "Rehearsed: 9 of 9 steps" in report and "Undone:" not in report
     assert carol.page.csp_violations == []
     carol.close()
 
