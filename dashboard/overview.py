@@ -182,16 +182,18 @@ def overview(user: Any) -> Overview:
     for system in systems:
         counts[system.health] += 1
     active = list(active_rollbacks(user))
-    needing = steps_needing_a_human(user)
+    # What needs action is what needs *this* user: an operator's runs, starts and steps.
+    is_operator = access.has_role(user, *access.OPERATOR_ROLES)
+    needing = steps_needing_a_human(user) if is_operator else []
     return Overview(
         active=active,
         pending=governance_page.pending_for(user),
         is_approver=governance_page.is_approver(user),
-        is_operator=access.has_role(user, *access.OPERATOR_ROLES),
+        is_operator=is_operator,
         systems=systems,
         failures=list(recent_failures(user)),
-        failed_runs=failed_runs_without_rollback(user),
-        to_start=[rollback for rollback in active if rollback.state == R.APPROVED],
+        failed_runs=failed_runs_without_rollback(user) if is_operator else [],
+        to_start=[r for r in active if r.state == R.APPROVED] if is_operator else [],
         waiting_steps=[step for step in needing if step.state == Step.State.WAITING_HUMAN],
         halted_steps=[step for step in needing if step.state == Step.State.FAILED],
         escalations=escalations(user),

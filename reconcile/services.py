@@ -473,7 +473,8 @@ def _check_spec(finding: Finding) -> dict:
 # Reading ------------------------------------------------------------------------------------
 
 
-WAIT_FOR_FIRST_RUN = timedelta(minutes=10)  # after the end, then the panel stands still
+WAIT_FOR_FIRST_RUN = timedelta(minutes=10)
+LONG_VALUE = 80  # characters: a longer list or object is shown indented, in a scrolling box  # after the end, then the panel stands still
 
 
 def panel(rollback: Rollback, user: Any) -> dict[str, Any]:
@@ -521,10 +522,10 @@ def _labelled(value: Any) -> list[tuple[str, str]]:
     scalar as it is, a list or object as compact JSON."""
     if not isinstance(value, dict):
         return [("Value", json.dumps(value))] if value not in (None, "") else []
-    return [
-        (
-            str(key).replace("_", " ").capitalize(),
-            item if isinstance(item, str) else json.dumps(item, sort_keys=True),
-        )
-        for key, item in sorted(value.items())
-    ]
+    rows = []
+    for key, item in sorted(value.items()):
+        text = item if isinstance(item, str) else json.dumps(item, sort_keys=True)
+        if len(text) > LONG_VALUE and not isinstance(item, str):  # one field a line
+            text = json.dumps(item, sort_keys=True, indent=2)
+        rows.append((str(key).replace("_", " ").capitalize(), text))
+    return rows

@@ -60,6 +60,20 @@ def _who(entry: Entry) -> str:
 # Summary and metrics -------------------------------------------------------------------------
 
 
+def _outcome(rollback: Rollback) -> str:
+    """The engine's outcome summary; a drill's steps were rehearsed, not undone (unless they
+    ran on a rehearsal target), so its summary says so."""
+    if not rollback.is_drill or not rollback.is_terminal:
+        return rollback.outcome_summary
+    steps = facts(rollback).steps
+    if any(s.system.is_rehearsal and not s.is_manual for s in steps):
+        return rollback.outcome_summary  # some steps ran on rehearsal targets: undone there
+    done = sum(s.state == Step.State.SUCCEEDED for s in steps)
+    text = f"Rehearsed: {done} of {len(steps)} steps (a drill: nothing in production was touched)."
+    not_done = rollback.outcome_summary.partition(" Not undone: ")[2]
+    return text + (f" Not rehearsed: {not_done}" if not_done else "")
+
+
 def summary(rollback: Rollback) -> dict:
     run = rollback.run
     rows = [
@@ -83,7 +97,7 @@ def summary(rollback: Rollback) -> dict:
             "Dependency map",
             f"v{rollback.dependency_map.version}" if rollback.dependency_map else "none",
         ),
-        ("Outcome", rollback.outcome_summary),
+        ("Outcome", _outcome(rollback)),
         ("Trace id", rollback.trace_id),
     ]
     return {

@@ -347,10 +347,10 @@ def _outcome(rollback: Rollback) -> dict[str, Any]:
     its id and the forward action's key parameters. One query."""
     done, not_done = [], []
     steps = rollback.steps.select_related("system", "forward_action").order_by("stage__index", "id")
-    rehearsed = 0
+    ran_for_real = 0  # in a drill, steps that ran on a rehearsal target
     for step in steps:
         is_rehearsed = rollback.is_drill and not step.system.is_rehearsal and not step.is_manual
-        rehearsed += is_rehearsed and step.state == S.SUCCEEDED
+        ran_for_real += rollback.is_drill and step.system.is_rehearsal and not step.is_manual
         line = {
             "step": step.pk,
             "what": f"{step.forward_action.action_type} on {step.system.slug}",
@@ -364,7 +364,7 @@ def _outcome(rollback: Rollback) -> dict[str, Any]:
             line["why"] = step.last_error if step.state != S.SKIPPED else ""
             line["state"] = "skipped" if step.state == S.SKIPPED else step.get_state_display()
             not_done.append(line)
-    verb = "rehearsed" if rollback.is_drill and rehearsed == len(done) and done else "undone"
+    verb = "rehearsed" if rollback.is_drill and not ran_for_real else "undone"
     return {"done": done, "not_done": not_done, "verb": verb, "total": len(done) + len(not_done)}
 
 

@@ -31,9 +31,10 @@ class Person:
     base: str
     name: str
     clicks: list[str] = field(default_factory=list)
+    bypass_csp: bool = False  # to inject a test's own script (axe-core)
 
     def __post_init__(self):
-        self.context = self.browser.new_context(viewport=VIEWPORT)
+        self.context = self.browser.new_context(viewport=VIEWPORT, bypass_csp=self.bypass_csp)
         self.page = self.context.new_page()
         self.page.csp_violations = []
         self.page.on(

@@ -112,7 +112,9 @@ def test_each_state_puts_its_one_control_on_the_first_screen_for_whoever_may_use
 
     # Running, then halted on a failed step and on a manual step: no worker here, the
     # engine's states are set as a worker would leave them.
-    engine.rollback_start(rollback=rollback, actor=_user("alice"))
+    alice.page.get_by_role("button", name="Start rollback").click()  # htmx: the fragment
+    alice.page.locator("#state-badge", has_text="running").wait_for()
+    assert "Rollback #" in alice.page.locator("#action-result").inner_text()
     failed = Step.objects.filter(rollback=rollback, is_manual=False).order_by("pk").first()
     Step.objects.filter(pk=failed.pk).update(state=S.FAILED, last_error="HTTP 503 from flags")
     page = alice.page

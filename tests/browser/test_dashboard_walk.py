@@ -110,7 +110,10 @@ def test_operator_approver_and_auditor_work_through_the_dashboard(
         bob.wait_for_url(re.compile(rf"/rollbacks/{rollback.pk}/$"))
         assert _badge(bob) == "approved"
         bob.get_by_role("link", name="Overview").click()
-        assert "Nothing waits for your approval." in bob.locator("#overview-live").inner_text()
+        # The overview's "Needs action" (issue 15) replaced "My pending approvals".
+        assert (
+            "Nothing needs action from you right now." in bob.locator("#overview-live").inner_text()
+        )
     finally:
         bob_context.close()
 

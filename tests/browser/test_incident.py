@@ -152,7 +152,7 @@ def test_an_alert_two_approvers_and_an_operator_unwind_the_incident_in_three_cli
     page.locator("#report-status", has_text="Post-incident report").wait_for()
     wait_until(
         lambda: "provisional" not in page.locator("#report-status").inner_text(),
-        10,
+        15,
         "the report link to lose its provisional mark",
     )
     page.locator("#reconcile-clean").wait_for(timeout=30_000)

@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from dashboard import overview
 from governance.models import Notification
-from rollbacks.models import Rollback, System
+from rollbacks.models import Rollback, Step, System
 from tests.dashboard.conftest import _plan
 
 pytestmark = pytest.mark.django_db
@@ -122,3 +122,39 @@ def test_every_link_of_the_refreshed_fragment_keeps_its_id_so_focus_survives(
     first, second = _links(fetch()), _links(fetch())
     assert len(first) >= 5 and "" not in first
     assert len(set(first)) == len(first) and first == second
+
+
+def test_needs_action_lists_failed_runs_steps_and_halted_stages_until_resolved(history, alice):
+    from rollbacks import runs
+
+    run, _ = runs.run_register(process="p", external_id="no-rollback-yet", actor="test")
+    runs.action_report(
+        run=run, system_slug="orders-api", action_type="act", idempotency_key="n1", actor="test"
+    )
+    runs.run_fail(run=run, reason="boom", actor="test")
+    rollback = _plan("halting", ["orders-api", "billing"], alice)
+    Rollback.objects.filter(pk=rollback.pk).update(state=Rollback.State.RUNNING)
+    waiting, failed = rollback.steps.order_by("pk")
+    Step.objects.filter(pk=waiting.pk).update(state=Step.State.WAITING_HUMAN)
+    Step.objects.filter(pk=failed.pk).update(state=Step.State.FAILED, attempts=3)
+    for kind, key in (
+        (Notification.Kind.STEP_NEEDS_HUMAN, f"step:{failed.pk}:failed:3"),
+        (Notification.Kind.APPROVAL_OVERDUE, "since:1"),
+    ):
+        Notification.objects.create(kind=kind, rollback=rollback, subject_key=key, channel="email")
+
+    o = overview.overview(alice)
+    assert o.needs_action and run.pk in [r.pk for r in o.failed_runs]
+    assert [s.pk for s in o.waiting_steps] == [waiting.pk]
+    assert [s.pk for s in o.halted_steps] == [failed.pk]
+    # The step's escalation stands; the overdue approval's cause is gone (it is running).
+    assert [e["kind"] for e in o.escalations if e["rollback_id"] == rollback.pk] == [
+        Notification.Kind.STEP_NEEDS_HUMAN
+    ]
+
+    # Retried (attempt 4 under way): the escalation about attempt 3 leaves, the step too.
+    Step.objects.filter(pk=failed.pk).update(state=Step.State.RUNNING, attempts=4)
+    Step.objects.filter(pk=waiting.pk).update(state=Step.State.SUCCEEDED)
+    o = overview.overview(alice)
+    assert o.waiting_steps == [] and o.halted_steps == []
+    assert [e for e in o.escalations if e["rollback_id"] == rollback.pk] == []
