@@ -46,10 +46,10 @@ from django.utils import timezone
 from opentelemetry.propagate import inject
 
 import ledger.services as ledger
-from rollbacks import outbox
+from rollbacks import access, outbox
 from rollbacks.engine import worker as execution
 from rollbacks.engine.advance import advance
-from rollbacks.engine.base import RUN_STEP, write_summary
+from rollbacks.engine.base import RUN_STEP, governance, write_summary
 from rollbacks.engine.sweeper import expire_leases
 from rollbacks.engine.worker import claimable, refusal, refuse
 from rollbacks.models import Attempt, Outbox, Rollback, Step
@@ -130,19 +130,35 @@ class Claimed:
 
 
 def _refused(steps: list[Step]) -> set[int]:
-    """The steps whose rollback's starter may no longer act on their system (``worker.refusal``):
-    asked once per rollback for all its systems, and per system only when that refuses."""
+    """The steps whose rollback's starter may no longer act on their system (``worker.refusal``).
+
+    Asked once per starter for every system of this batch (the role and the object
+    permissions: two queries however many rollbacks they started), then governance's word
+    per rollback; only when that refuses, per rollback and per step (``refuse`` fails the
+    step, waiting for a human, and ledgers why)."""
     refused: set[int] = set()
     by_rollback: dict[int, list[Step]] = {}
     for step in steps:
         by_rollback.setdefault(step.rollback_id, []).append(step)
+    by_starter: dict[int | None, list[list[Step]]] = {}
     for group in by_rollback.values():
-        rollback = group[0].rollback
-        if not refusal(rollback, list({s.system_id: s.system for s in group}.values())):
-            continue
-        for step in group:
-            if refuse(step):  # fails it, waiting for a human, and ledgers why
-                refused.add(step.pk)
+        by_starter.setdefault(group[0].rollback.started_by_id, []).append(group)
+    gov = governance()
+    for starter_id, groups in by_starter.items():
+        systems = list({s.system_id: s.system for g in groups for s in g}.values())
+        starter = groups[0][0].rollback.started_by
+        may_operate = starter_id is not None and not access.operate_refusal(starter, systems)
+        for group in groups:
+            rollback = group[0].rollback
+            if may_operate and not (
+                gov and hasattr(gov, "may_continue") and gov.may_continue(rollback)
+            ):
+                continue
+            if not refusal(rollback, list({s.system_id: s.system for s in group}.values())):
+                continue
+            for step in group:
+                if refuse(step):
+                    refused.add(step.pk)
     return refused
 
 
