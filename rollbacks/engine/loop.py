@@ -12,9 +12,9 @@ so a step waiting on its target holds no pool process. The loop:
    per-system limit (``System.max_in_flight``) holds across workers. The starter's
    authority is checked again per rollback; the attempts and their ledger entries are
    written in the same transaction.
-2. **Executes** each claimed step as an asyncio task: HTTP, flag and simulated steps on one
-   shared ``httpx.AsyncClient``; blocking ones (SQL, a drill's faults) on a small thread
-   pool (``ENGINE_SYNC_THREADS``). A target that hangs holds one slot until its timeout,
+2. **Executes** each claimed step as an asyncio task: HTTP, flag and simulated steps on
+   ``httpx.AsyncClient`` pools of 8 connections each; blocking ones (SQL, a drill's faults)
+   on a small thread pool (``ENGINE_SYNC_THREADS``). A target that hangs holds one slot until its timeout,
    and nothing else.
 3. **Records** the results that finished meanwhile in one transaction (the rollbacks'
    rows locked in id order, each step's fencing-token compare-and-set, ``advance`` once
@@ -29,6 +29,7 @@ All database work runs on one thread (one connection), never on the event loop's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -59,6 +60,7 @@ S = Step.State
 R = Rollback.State
 CLAIM_LOCK = 0x756E77696E64  # pg_advisory_xact_lock key of the claim ("unwind")
 LEASE_CHECK_S = 1.0  # how often a loop hands on steps whose lease expired
+HTTP_CONNECTIONS_PER_POOL = 8
 
 _current: Runner | None = None
 
@@ -517,37 +519,51 @@ class Runner:
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=self.capacity)
-        async with httpx.AsyncClient(limits=limits) as self.client:
-            next_lease_check = 0.0
-            poll = True  # look for due work at once: messages may have gone before we started
-            while True:
-                if self._done:
-                    await self._record(self._done)
-                    poll = True  # a record may have dispatched steps
-                if self._stopping:
-                    if not self._inflight:
-                        break
-                elif time.monotonic() >= next_lease_check:
-                    try:
-                        if await self._on_db(expire_leases):
-                            poll = True
-                    except Exception:
-                        log.exception("expire_leases failed")
-                    next_lease_check = time.monotonic() + LEASE_CHECK_S
-                if not self._stopping:
-                    poll, self._look = poll or self._look, False  # a retry fell due
-                    with self._hint_lock:
-                        hints, self._hints = self._hints, {}
-                    if (hints or poll) and len(self._inflight) < self.capacity:
-                        poll = await self._claim(hints)
-                    else:
-                        self._publish_held(hints)
+        # Several small pools, not one: httpcore looks over every connection of its pool for
+        # each request (is it idle, has it expired: a system call each), so one pool of 64
+        # connections cost more CPU than the requests themselves (py-spy: 60 % of the loop
+        # thread's time in that look).
+        pools = max(1, self.capacity // HTTP_CONNECTIONS_PER_POOL)
+        limits = httpx.Limits(
+            max_connections=None, max_keepalive_connections=HTTP_CONNECTIONS_PER_POOL
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            self.clients = [
+                await stack.enter_async_context(httpx.AsyncClient(limits=limits))
+                for _ in range(pools)
+            ]
+            await self._serve()
+
+    async def _serve(self) -> None:
+        next_lease_check = 0.0
+        poll = True  # look for due work at once: messages may have gone before we started
+        while True:
+            if self._done:
+                await self._record(self._done)
+                poll = True  # a record may have dispatched steps
+            if self._stopping:
+                if not self._inflight:
+                    break
+            elif time.monotonic() >= next_lease_check:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
-                except TimeoutError:
-                    poll = True
-                self._wake.clear()
+                    if await self._on_db(expire_leases):
+                        poll = True
+                except Exception:
+                    log.exception("expire_leases failed")
+                next_lease_check = time.monotonic() + LEASE_CHECK_S
+            if not self._stopping:
+                poll, self._look = poll or self._look, False  # a retry fell due
+                with self._hint_lock:
+                    hints, self._hints = self._hints, {}
+                if (hints or poll) and len(self._inflight) < self.capacity:
+                    poll = await self._claim(hints)
+                else:
+                    self._publish_held(hints)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            except TimeoutError:
+                poll = True
+            self._wake.clear()
 
     async def _claim(self, hints: dict[int, int | None]) -> bool:
         """Claim what fits; True when the loop is full (there may be more due work)."""
@@ -581,21 +597,22 @@ class Runner:
                 headers: dict[str, str] = {}
                 inject(headers)
                 work = execution.step_work(step, headers.get("traceparent", ""))
-                outcome = await self._call(c.executor, work)
+                outcome = await self._call(c.executor, work, step.pk)
         except Exception as exc:  # never lose the step
             log.exception("step %s: unexpected error", step.pk)
             outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "permanent": False}
         self._done.append(Result(c, outcome))
         self._poke()
 
-    async def _call(self, executor, work) -> dict[str, Any]:
+    async def _call(self, executor, work, step_id: int = 0) -> dict[str, Any]:
         from rollbacks.executors import ExecutorError
 
         try:
             if hasattr(executor, "execute_async"):
                 # The executor's own timeout applies; this one only guards against a bug.
                 result = await asyncio.wait_for(
-                    executor.execute_async(work, self.client), timeout=work.timeout_s * 2 + 5
+                    executor.execute_async(work, self.clients[step_id % len(self.clients)]),
+                    timeout=work.timeout_s * 2 + 5,
                 )
             else:
                 result = await self._loop.run_in_executor(self._sync, executor.execute, work)
