@@ -117,18 +117,25 @@ def locked(rollback: Rollback) -> Rollback:
 def rollback_outcome(rollback: Rollback) -> dict[str, list[str]]:
     """What was undone and what was not, in words an operator reads at 3 a.m."""
     undone, not_undone = [], []
-    for step in rollback.steps.select_related("system", "forward_action").order_by(
-        "stage__index", "id"
-    ):
-        what = f"{step.forward_action.action_type} on {step.system.slug}"
-        if step.state == S.SUCCEEDED:
-            undone.append(what + (f" (by hand: {step.human_note})" if step.is_manual else ""))
-        elif step.state == S.SKIPPED:
-            not_undone.append(f"{what}: skipped — {step.human_note}")
+    # Plain values, not model instances: every rollback that ends is summed up here, on
+    # the execution loop's record path.
+    rows = rollback.steps.order_by("stage__index", "id").values_list(
+        "forward_action__action_type",
+        "system__slug",
+        "state",
+        "is_manual",
+        "human_note",
+        "last_error",
+    )
+    for action_type, slug, state, is_manual, human_note, last_error in rows:
+        what = f"{action_type} on {slug}"
+        if state == S.SUCCEEDED:
+            undone.append(what + (f" (by hand: {human_note})" if is_manual else ""))
+        elif state == S.SKIPPED:
+            not_undone.append(f"{what}: skipped — {human_note}")
         else:
             not_undone.append(
-                f"{what}: {step.get_state_display()}"
-                + (f" — {step.last_error}" if step.last_error else "")
+                f"{what}: {S(state).label}" + (f" — {last_error}" if last_error else "")
             )
     return {"undone": undone, "not_undone": not_undone}
 
