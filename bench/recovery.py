@@ -241,6 +241,7 @@ def part_worker_kill(b: Bench, sup: Supervisor, admin, base: str, rollbacks) -> 
         return None
 
     live, mine = wait_until(a_in_flight, 60, "worker A to have 2 HTTP calls in flight")
+    a_group = group_pids(worker_a.pid)
     with sup.lock:
         t_kill = time.time()
         os.killpg(worker_a.pid, signal.SIGKILL)
@@ -260,7 +261,14 @@ def part_worker_kill(b: Bench, sup: Supervisor, admin, base: str, rollbacks) -> 
         )
 
     if mine:
-        killed = {r["step_id"]: r["id"] for r in mine}
+        # Every attempt A had running when it died (an execution loop holds several, some
+        # not yet at the target), not only the calls the target had seen.
+        a_pids = a_group | {attempt_pid(r["worker"]) for r in mine}
+        killed = {
+            r["step_id"]: r["id"]
+            for r in running.values("id", "step_id", "worker")
+            if attempt_pid(r["worker"]) in a_pids
+        } or {r["step_id"]: r["id"] for r in mine}
         try:
             later = wait_until(
                 lambda: (x := first_reruns(killed)) and len(x) == len(killed) and x,
