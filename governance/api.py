@@ -63,7 +63,7 @@ WEBHOOK_SCHEMA = {
     "required": ["version", "groupKey", "alerts"],
     "properties": {
         "version": {"type": "string", "enum": ["4"]},
-        "groupKey": {"type": "string"},
+        "groupKey": {"type": "string", "minLength": 1},
         "truncatedAlerts": {"type": "integer"},
         "status": {"type": "string", "enum": ["firing", "resolved"]},
         "receiver": {"type": "string"},
@@ -84,7 +84,11 @@ WEBHOOK_SCHEMA = {
                     "startsAt": {"type": "string", "format": "date-time"},
                     "endsAt": {"type": "string", "format": "date-time"},
                     "generatorURL": {"type": "string"},
-                    "fingerprint": {"type": "string", "maxLength": 100},
+                    "fingerprint": {
+                        "type": "string",
+                        "maxLength": 100,
+                        "pattern": r"^[^\u0000]*[^\u0000\s][^\u0000]*$",  # not blank
+                    },
                 },
             },
         },
