@@ -82,7 +82,11 @@ WEBHOOK_SCHEMA = {
                     "labels": _LABELS,
                     "annotations": _LABELS,
                     "startsAt": {"type": "string", "format": "date-time"},
-                    "endsAt": {"type": "string", "format": "date-time"},
+                    # Alertmanager sends 0001-01-01T00:00:00Z while firing; "" means the same.
+                    "endsAt": {
+                        "type": "string",
+                        "anyOf": [{"format": "date-time"}, {"maxLength": 0}],
+                    },
                     "generatorURL": {"type": "string"},
                     "fingerprint": {
                         "type": "string",
