@@ -83,9 +83,12 @@ WEBHOOK_SCHEMA = {
                     "annotations": _LABELS,
                     "startsAt": {"type": "string", "format": "date-time"},
                     # Alertmanager sends 0001-01-01T00:00:00Z while firing; "" means the same.
-                    "endsAt": {
-                        "type": "string",
-                        "anyOf": [{"format": "date-time"}, {"maxLength": 0}],
+                    "endsAt": {  # "" and null mean absent, as the parser reads them
+                        "anyOf": [
+                            {"type": "string", "format": "date-time"},
+                            {"type": "string", "maxLength": 0},
+                            {"type": "null"},
+                        ]
                     },
                     "generatorURL": {"type": "string"},
                     "fingerprint": {
