@@ -57,7 +57,8 @@ class AlertmanagerOut(Schema):
     )
 
 
-_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+# null reads as an empty mapping (webhook_parse), so the schema says it may be null.
+_LABELS = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
 WEBHOOK_SCHEMA = {
     "type": "object",
     "required": ["version", "groupKey", "alerts"],
