@@ -395,7 +395,13 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # One line per probe and per compensation call (and per login) is noise; errors still show.
-    "loggers": {"httpx": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+        # Django's default config gives "django" a console handler of its own under DEBUG;
+        # with the root's, every 4xx was printed twice. The root's handler prints it once.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+    },
 }
 UNWIND_GOVERNANCE = "governance.gate"  # the engine's approval hooks (docs/architecture.md)
 UNWIND_ESTATE_EXTENSION = (

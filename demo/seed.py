@@ -125,7 +125,13 @@ RUNBOOKS = [
         "description": "A bad orders-api deploy created an order it should not have: cancel it, "
         "retract its event and delete its row.",
         "parameters": [
-            {"name": "order_id", "type": "int", "label": "Order", "help": "e.g. 1001."},
+            {
+                "name": "order_id",
+                "type": "int",
+                "minimum": 1,
+                "label": "Order",
+                "help": "e.g. 1001.",
+            },
             {
                 "name": "event_id",
                 "type": "string",

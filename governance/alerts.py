@@ -141,6 +141,14 @@ def webhook_parse(data: Any) -> Webhook:
     status = data.get("status", FIRING)
     if status not in STATUSES:
         errors.append(("status", 'must be "firing" or "resolved"'))
+    # Fields Unwind does not use are still checked for the type the payload defines.
+    if not isinstance(data.get("externalURL", ""), str):
+        errors.append(("externalURL", "must be a string"))
+    truncated = data.get("truncatedAlerts", 0)
+    if isinstance(truncated, bool) or not isinstance(truncated, int):
+        errors.append(("truncatedAlerts", "must be a whole number"))
+    for key in ("groupLabels", "commonLabels", "commonAnnotations"):
+        _string_map(data.get(key), key, errors)
     alerts = data.get("alerts")
     parsed: list[IncomingAlert] = []
     if not isinstance(alerts, list) or not alerts:
@@ -159,6 +167,8 @@ def webhook_parse(data: Any) -> Webhook:
             errors.append((f"{path}.labels", "is required: a mapping of label names to strings"))
         labels = _string_map(item.get("labels"), f"{path}.labels", errors)
         annotations = _string_map(item.get("annotations"), f"{path}.annotations", errors)
+        if not isinstance(item.get("generatorURL", ""), str):
+            errors.append((f"{path}.generatorURL", "must be a string"))
         starts_at = parse_rfc3339(item.get("startsAt"))
         if starts_at is None:
             errors.append((f"{path}.startsAt", "not an RFC 3339 time"))

@@ -57,13 +57,14 @@ class AlertmanagerOut(Schema):
     )
 
 
-_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+# null reads as an empty mapping (webhook_parse), so the schema says it may be null.
+_LABELS = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
 WEBHOOK_SCHEMA = {
     "type": "object",
     "required": ["version", "groupKey", "alerts"],
     "properties": {
         "version": {"type": "string", "enum": ["4"]},
-        "groupKey": {"type": "string"},
+        "groupKey": {"type": "string", "minLength": 1},
         "truncatedAlerts": {"type": "integer"},
         "status": {"type": "string", "enum": ["firing", "resolved"]},
         "receiver": {"type": "string"},
@@ -82,9 +83,20 @@ WEBHOOK_SCHEMA = {
                     "labels": _LABELS,
                     "annotations": _LABELS,
                     "startsAt": {"type": "string", "format": "date-time"},
-                    "endsAt": {"type": "string", "format": "date-time"},
+                    # Alertmanager sends 0001-01-01T00:00:00Z while firing; "" means the same.
+                    "endsAt": {  # "" and null mean absent, as the parser reads them
+                        "anyOf": [
+                            {"type": "string", "format": "date-time"},
+                            {"type": "string", "maxLength": 0},
+                            {"type": "null"},
+                        ]
+                    },
                     "generatorURL": {"type": "string"},
-                    "fingerprint": {"type": "string", "maxLength": 100},
+                    "fingerprint": {
+                        "type": "string",
+                        "maxLength": 100,
+                        "pattern": r"^[^\u0000]*[^\u0000\s][^\u0000]*$",  # not blank
+                    },
                 },
             },
         },

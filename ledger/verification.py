@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -610,19 +610,33 @@ def verification_run(*, actor: Any) -> Verification:
             problems=[asdict(p) for p in result.problems],
             warnings=result.warnings,
         )
-        record(
-            actor=actor,
-            action="ledger.verified",
-            subject_type="verification",
-            subject_id=run.pk,
-            outcome=Outcome.OK if result.is_ok else Outcome.FAILED,
-            reason=result.summary(),
-            payload={
-                "entries": result.entries,
-                "chains": result.chains,
-                "checkpoints": result.checkpoints,
-                "problem_count": result.problem_count,
-                "first_problem": asdict(result.first_problem) if result.first_problem else None,
-            },
-        )
+        try:
+            with transaction.atomic():  # a savepoint: a collision below keeps the result
+                record(
+                    actor=actor,
+                    action="ledger.verified",
+                    subject_type="verification",
+                    subject_id=run.pk,
+                    outcome=Outcome.OK if result.is_ok else Outcome.FAILED,
+                    reason=result.summary(),
+                    payload={
+                        "entries": result.entries,
+                        "chains": result.chains,
+                        "checkpoints": result.checkpoints,
+                        "problem_count": result.problem_count,
+                        "first_problem": asdict(result.first_problem)
+                        if result.first_problem
+                        else None,
+                    },
+                )
+        except IntegrityError:
+            # The global chain's head was moved back (the tampering this run found, if it
+            # did): the next entry's place is taken. The result is kept and shown all the
+            # same, saying why it is not in the ledger.
+            run.warnings = [
+                *run.warnings,
+                "This verification could not be ledgered: the global chain's head names a "
+                "place that is already taken, so the chain was changed around record().",
+            ]
+            run.save(update_fields=["warnings"])
     return run

@@ -14,6 +14,7 @@ structure; see docs/reports.md.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,7 +57,7 @@ class Report:
         return next((s for s in self.sections if s.key == key), None)
 
     def markdown(self) -> str:
-        head = [f"# {self.title}", ""]
+        head = [f"# {md_inline(self.title)}", ""]
         if self.rollback.is_drill:
             head += ["> **DRILL**: a rehearsal, not a production rollback.", ""]
         if not self.is_final:
@@ -67,9 +68,9 @@ class Report:
         head += [f"Generated {fmt_time(self.generated_at)} (UTC).", ""]
         body = []
         for s in self.sections:
-            body += [f"## {s.title}", ""]
+            body += [f"## {md_inline(s.title)}", ""]
             if s.summary:
-                body += [s.summary, ""]
+                body += [html.escape(s.summary, quote=False), ""]
             body += [s.markdown.rstrip(), ""]
         return "\n".join(head + body).rstrip() + "\n"
 
@@ -86,9 +87,14 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
     return round((end - start).total_seconds(), 1)
 
 
+def md_inline(value: Any) -> str:
+    """User text on one Markdown line: whitespace folded, HTML escaped (a renderer would
+    run raw HTML, and a newline would end a heading or a table row)."""
+    return html.escape(" ".join(("" if value is None else str(value)).split()), quote=False)
+
+
 def _md_cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").split()) or "—"
+    return md_inline(value).replace("\\", "\\\\").replace("|", "\\|") or "—"
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:

@@ -48,7 +48,81 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-api = NinjaAPI(
+# What the parser refuses (rollbacks/storable.py), said in the schema: request strings and
+# keys hold no NUL; JSON objects of any shape (params, before, payload) are StorableJSON; a
+# date-time's offset is within ±15:59. Lone UTF-16 surrogates are refused too, but JSON
+# Schema's regular expressions (ECMA 262, Rust's regex in validators) cannot name them: the
+# descriptions say so.
+STORABLE_TEXT = "^[^\\u0000]*$"
+STORABLE_TEXT_HELP = "Text without a NUL character or a lone UTF-16 surrogate."
+STORABLE_DATE_TIME = (
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?"
+    "([Zz]|[+-](0[0-9]|1[0-5]):?[0-5][0-9])$"
+)
+STORABLE_JSON = {
+    "description": "Any JSON value PostgreSQL can store: no NUL character or lone UTF-16 "
+    "surrogate in a string or key, no number that overflows to infinity.",
+    "anyOf": [
+        {"type": "string", "pattern": STORABLE_TEXT},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/StorableJSON"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": STORABLE_TEXT},
+            "additionalProperties": {"$ref": "#/components/schemas/StorableJSON"},
+        },
+    ],
+}
+
+
+def _storable_request(node: Any, components: dict, seen: set[str]) -> None:
+    """Say in a request schema what the parser refuses (above), in place."""
+    if isinstance(node, list):
+        for item in node:
+            _storable_request(item, components, seen)
+        return
+    if not isinstance(node, dict):
+        return
+    ref = node.get("$ref", "")
+    if ref.startswith("#/components/schemas/"):
+        name = ref.rsplit("/", 1)[1]
+        if name not in seen and name in components:
+            seen.add(name)
+            _storable_request(components[name], components, seen)
+        return
+    if node.get("type") == "string" and not {"enum", "const", "pattern"} & set(node):
+        if node.get("format") == "date-time":
+            node["pattern"] = STORABLE_DATE_TIME
+        elif "format" not in node:
+            node["pattern"] = STORABLE_TEXT
+            node.setdefault("description", STORABLE_TEXT_HELP)
+    if node.get("type") == "object":
+        if node.get("additionalProperties") is True or (
+            "additionalProperties" not in node and "properties" not in node
+        ):
+            node["additionalProperties"] = {"$ref": "#/components/schemas/StorableJSON"}
+        node.setdefault("propertyNames", {"pattern": STORABLE_TEXT})
+    for key, child in node.items():
+        if key not in ("examples", "example", "default", "enum", "const", "propertyNames"):
+            _storable_request(child, components, seen)
+
+
+class UnwindAPI(NinjaAPI):
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        schema = super().get_openapi_schema(**kwargs)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["StorableJSON"] = STORABLE_JSON
+        seen: set[str] = set()
+        for operation in (op for item in schema["paths"].values() for op in item.values()):
+            for parameter in operation.get("parameters", []):
+                _storable_request(parameter.get("schema"), components, seen)
+            _storable_request(operation.get("requestBody"), components, seen)
+        return schema
+
+
+api = UnwindAPI(
     title="Unwind API",
     version="1",
     urls_namespace="api",
@@ -886,7 +960,9 @@ class EstateImportOut(Schema):
 
 class EstateErrorOut(ErrorOut):
     paths: list[dict[str, str]] = Field(
-        description="Every error with its path in the document",
+        default_factory=list,
+        description="Every error with its path in the document (empty when the request, not "
+        "the document, is at fault: a bad `dry_run`, say)",
         examples=[
             [
                 {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ import ledger.services as ledger
 from rollbacks import planning, services
 from rollbacks.contracts import health_check_errors, validate_actions, validate_reconciliation
 from rollbacks.models import DependencyEdge, DependencyMap, System, Team, slug_validator
+from rollbacks.storable import string_problem
 
 DOCUMENT_VERSION = 1
 TOP_LEVEL = {"version", "teams", "systems", "dependencies", "contracts", "policies", "triggers"}
@@ -52,12 +54,62 @@ class ImportResult:
     applied: bool = False
 
 
+class _DocumentLoader(yaml.SafeLoader):
+    """YAML without aliases, and with timestamps left as text: an 8 KB document whose
+    aliases expand to a million nodes took seconds (issue 16), and a document is JSON."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"an alias (*{event.anchor}) is not accepted here: write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+_DocumentLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _json_problem(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The path and problem of the first value a JSON document (and PostgreSQL) cannot hold."""
+    stack = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if problem := string_problem(item):
+                return where, problem
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str) or string_problem(key):
+                    return where, f"the key {key!r} is not a string that can be stored"
+                stack.append((f"{where}.{key}" if where else key, child))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return where, "a number is too large (it overflows to infinity) or not a number"
+        elif item is not None and not isinstance(item, bool | int | float):
+            return where, f"{type(item).__name__} is not a JSON value"
+    return None
+
+
 def parse(text: str | bytes) -> Any:
-    """YAML (a superset of JSON) to Python; a syntax error becomes a document error."""
+    """YAML (a superset of JSON) to Python; a syntax error, an alias, or a value that is not
+    JSON (or that PostgreSQL cannot store: NUL, a lone surrogate) is a document error."""
     try:
-        return yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_DocumentLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise EstateError([("", f"not valid YAML or JSON: {exc}")]) from None
+    except (RecursionError, ValueError) as exc:  # nested too deeply; an int of 5000 digits
+        raise EstateError([("", f"not an acceptable document: {exc}")]) from None
+    if problem := _json_problem(doc):
+        raise EstateError([problem])
+    return doc
 
 
 def document_sha256(doc: Any) -> str:
@@ -71,6 +123,16 @@ def _is_slug(value: Any) -> bool:
     except Exception:
         return False
     return isinstance(value, str)
+
+
+# The columns' lengths (rollbacks/models.py): longer would be a DataError at INSERT.
+SLUG_MAX = System._meta.get_field("slug").max_length
+NAME_MAX = System._meta.get_field("name").max_length
+ENVIRONMENT_MAX = System._meta.get_field("environment").max_length
+
+
+def _too_long(value: str, limit: int) -> str:
+    return f"is {len(value)} characters long: at most {limit}" if len(value) > limit else ""
 
 
 def _list(doc: dict, key: str, errors: list) -> list:
@@ -132,12 +194,16 @@ def validate(doc: Any, extension: Any = _CONFIGURED) -> list[tuple[str, str]]:
             continue
         if not _is_slug(team.get("slug")):
             errors.append((f"{path}.slug", "is required: lowercase letters, digits and hyphens"))
+        elif problem := _too_long(team["slug"], SLUG_MAX):
+            errors.append((f"{path}.slug", problem))
         elif team["slug"] in teams:
             errors.append((f"{path}.slug", f"{team['slug']!r} is listed twice"))
         else:
             teams.add(team["slug"])
         if not isinstance(team.get("name"), str) or not team["name"].strip():
             errors.append((f"{path}.name", "is required"))
+        elif problem := _too_long(team["name"], NAME_MAX):
+            errors.append((f"{path}.name", problem))
 
     systems: set[str] = set()
     kinds = set(System.Kind.values)
@@ -151,12 +217,16 @@ def validate(doc: Any, extension: Any = _CONFIGURED) -> list[tuple[str, str]]:
         slug = system.get("slug")
         if not _is_slug(slug):
             errors.append((f"{path}.slug", "is required: lowercase letters, digits and hyphens"))
+        elif problem := _too_long(slug, SLUG_MAX):
+            errors.append((f"{path}.slug", problem))
         elif slug in systems:
             errors.append((f"{path}.slug", f"{slug!r} is listed twice"))
         else:
             systems.add(slug)
         if not isinstance(system.get("name"), str) or not system["name"].strip():
             errors.append((f"{path}.name", "is required"))
+        elif problem := _too_long(system["name"], NAME_MAX):
+            errors.append((f"{path}.name", problem))
         if not isinstance(system.get("kind"), str) or system["kind"] not in kinds:
             errors.append((f"{path}.kind", f"must be one of {', '.join(sorted(kinds))}"))
         if not isinstance(system.get("team"), str) or system["team"] not in teams:
@@ -166,6 +236,8 @@ def validate(doc: Any, extension: Any = _CONFIGURED) -> list[tuple[str, str]]:
             errors.append((f"{path}.tier", "must be a whole number from 1 (most critical) to 4"))
         if "environment" in system and not isinstance(system["environment"], str):
             errors.append((f"{path}.environment", "must be a string"))
+        elif problem := _too_long(system.get("environment", ""), ENVIRONMENT_MAX):
+            errors.append((f"{path}.environment", problem))
         if "rehearsal" in system and not isinstance(system["rehearsal"], bool):
             errors.append((f"{path}.rehearsal", "must be true or false"))
         cap = system.get("max_in_flight")

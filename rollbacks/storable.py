@@ -17,7 +17,8 @@ class UnstorableJSON(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def _string_problem(text: str) -> str:
+def string_problem(text: str) -> str:
+    """Why PostgreSQL would refuse this text ('' when it would store it)."""
     if "\x00" in text:
         return "a string contains a NUL character (\\u0000), which cannot be stored"
     try:
@@ -33,7 +34,7 @@ def refuse_unstorable(value: Any, path: str = "body") -> None:
     while stack:
         where, item = stack.pop()
         if isinstance(item, str):
-            if problem := _string_problem(item):
+            if problem := string_problem(item):
                 raise UnstorableJSON(where, problem)
         elif isinstance(item, float):
             if not math.isfinite(item):
@@ -41,7 +42,7 @@ def refuse_unstorable(value: Any, path: str = "body") -> None:
         elif isinstance(item, dict):
             for key, child in item.items():
                 name = f"{key}" if where == "body" else f"{where}.{key}"
-                if problem := _string_problem(key):
+                if problem := string_problem(key):
                     raise UnstorableJSON(where, f"a key: {problem}")
                 stack.append((name, child))
         elif isinstance(item, list):

@@ -13,7 +13,10 @@ from typing import Any
 from rollbacks.templating import TemplateError, render_value
 
 TYPES = ("string", "int", "choice")
-PARAMETER_FIELDS = {"name", "type", "required", "default", "help", "label", "choices"}
+PARAMETER_FIELDS = {
+    "name", "type", "required", "default", "help", "label", "choices", "minimum", "maximum", "pattern",
+}  # fmt: skip
+MAX_PATTERN = 200
 STEP_FIELDS = {"system", "action_type", "params"}
 NAME = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
 ACTION_TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
@@ -32,6 +35,10 @@ def _value_error(spec: dict, value: Any) -> str | None:
             return "must be a whole number"
         if not -INT_LIMIT < value < INT_LIMIT:
             return f"must be between -{INT_LIMIT} and {INT_LIMIT}"
+        if spec.get("minimum") is not None and value < spec["minimum"]:
+            return f"must be at least {spec['minimum']}"
+        if spec.get("maximum") is not None and value > spec["maximum"]:
+            return f"must be at most {spec['maximum']}"
     elif kind == "choice":
         if value not in (spec.get("choices") or []):
             return f"must be one of {', '.join(map(str, spec.get('choices') or []))}"
@@ -39,7 +46,42 @@ def _value_error(spec: dict, value: Any) -> str | None:
         return "must be text"
     elif len(value) > MAX_STRING:
         return f"must be at most {MAX_STRING} characters"
+    elif spec.get("pattern") and re.fullmatch(spec["pattern"], value) is None:
+        return f"must match the pattern {spec['pattern']}"
     return None
+
+
+def _constraint_errors(path: str, spec: dict, kind: str) -> Errors:
+    """``minimum``/``maximum`` (whole numbers, for an int) and ``pattern`` (for a string)."""
+    errors: Errors = []
+    for bound in ("minimum", "maximum"):
+        if spec.get(bound) is None:
+            continue
+        value = spec[bound]
+        if kind != "int":
+            errors.append((f"{path}.{bound}", f"only an int has a {bound}, not a {kind}"))
+        elif isinstance(value, bool) or not isinstance(value, int) or abs(value) >= INT_LIMIT:
+            errors.append((f"{path}.{bound}", f"must be a whole number below {INT_LIMIT}"))
+    low, high = spec.get("minimum"), spec.get("maximum")
+    if not errors and kind == "int" and low is not None and high is not None and high < low:
+        errors.append((f"{path}.maximum", f"must be at least the minimum ({low})"))
+    pattern = spec.get("pattern")
+    if pattern is not None:
+        if kind != "string":
+            errors.append((f"{path}.pattern", f"only a string has a pattern, not a {kind}"))
+        elif not isinstance(pattern, str) or not pattern or len(pattern) > MAX_PATTERN:
+            errors.append(
+                (
+                    f"{path}.pattern",
+                    f"must be a regular expression of 1 to {MAX_PATTERN} characters",
+                )
+            )
+        else:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                errors.append((f"{path}.pattern", f"is not a regular expression: {exc}"))
+    return errors
 
 
 def parameter_errors(parameters: Any) -> Errors:
@@ -79,13 +121,15 @@ def parameter_errors(parameters: Any) -> Errors:
                 errors.append((f"{path}.choices", "lists a choice twice"))
         elif choices is not None:
             errors.append((f"{path}.choices", f"only a choice has choices, not a {kind}"))
+        constraint_errors = _constraint_errors(path, spec, kind)
+        errors.extend(constraint_errors)
         for flag in ("required",):
             if flag in spec and not isinstance(spec[flag], bool):
                 errors.append((f"{path}.{flag}", "must be true or false"))
         for text in ("help", "label"):
             if text in spec and not isinstance(spec[text], str):
                 errors.append((f"{path}.{text}", "must be text"))
-        if spec.get("default") is not None:
+        if spec.get("default") is not None and not constraint_errors:
             problem = _value_error(spec, spec["default"])
             if problem:
                 errors.append((f"{path}.default", f"{problem} (the parameter's type is {kind})"))

@@ -86,3 +86,22 @@ def test_redis_url_selects_the_redis_broker_and_the_default_is_embedded():
     # The embedded one is kombu's filesystem transport writing messages atomically.
     assert embedded.stdout.split()[-1] == "config.broker"
     assert redis.stdout.split()[-4:] == ["redis", "127.0.0.1", "3", "kombu.transport.redis"]
+
+
+def test_a_4xx_is_logged_once(tmp_path):
+    """Django's own console handler (under DEBUG) and the root's both printed every 4xx."""
+    import subprocess
+    import sys
+
+    code = (
+        "import django; django.setup()\n"
+        "from django.test import Client\n"
+        "Client(HTTP_HOST='localhost').post('/api/v1/runs', '{}', content_type='application/json')\n"
+    )
+    env = {**os.environ, "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "config.settings"}
+    env["UNWIND_VAR_DIR"] = str(tmp_path)
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/db.sqlite3"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stderr.count("Unauthorized: /api/v1/runs") == 1, done.stderr[-2000:]

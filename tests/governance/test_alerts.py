@@ -157,6 +157,11 @@ def _with(path_and_value):
         ((None, "alerts", []), "alerts", "non-empty list"),
         ((None, "alerts", {"a": 1}), "alerts", "non-empty list"),
         ((None, "status", "pending"), "status", 'must be "firing" or "resolved"'),
+        # Unused fields keep their types too (schemathesis: generatorURL {} was accepted).
+        ((0, "generatorURL", {}), "alerts[0].generatorURL", "must be a string"),
+        ((None, "externalURL", 5), "externalURL", "must be a string"),
+        ((None, "truncatedAlerts", "1"), "truncatedAlerts", "must be a whole number"),
+        ((None, "commonLabels", {"a": 1}), "commonLabels.a", "must be a string"),
         # PostgreSQL stores offsets up to ±15:59 only: a 400, not a 500 that Alertmanager
         # would retry for ever (issue 16, finding 6).
         ((0, "startsAt", "2024-05-01T12:00:00+20:00"), "alerts[0].startsAt", "within ±15:59"),

@@ -181,6 +181,26 @@ def test_the_badge_names_the_first_bad_entry(client, carol, ledger_rows):
     )
 
 
+@pytest.mark.postgres
+def test_verify_now_shows_a_global_head_moved_back_instead_of_a_500(client, carol, ledger_rows):
+    """Verification's own ledger entry took the place the moved head names, and the page
+    answered 500 without showing the tampering it had found (issue 16, finding 10)."""
+    last, before_last = Entry.objects.filter(chain="global").order_by("-seq")[:2]
+    with as_superuser_around_triggers() as cursor:
+        cursor.execute(
+            "UPDATE ledger_chainhead SET seq = %s, hash = %s WHERE chain = 'global'",
+            [before_last.seq, before_last.hash],
+        )
+    client.force_login(carol)
+    response = client.post(reverse("ledger-verify"), follow=True)
+    assert response.status_code == 200
+    text = _text(response)
+    assert "Tampering detected" in text and "could not be ledgered" in text
+    run = Verification.objects.get()
+    assert not run.is_ok and run.problems[0]["chain"] == "global"
+    assert not Entry.objects.filter(action="ledger.verified").exists()
+
+
 # Hygiene ---------------------------------------------------------------------------------------
 
 

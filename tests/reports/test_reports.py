@@ -183,6 +183,22 @@ def test_markdown_table_escapes_and_folds():
     assert markdown_table([]) == "_Nothing to report._"
 
 
+def test_user_text_cannot_break_out_of_a_heading_or_a_cell(make_system, target_server, alice):
+    """The Markdown report put newlines and raw HTML of user text into headings and table
+    cells; the HTML report escapes them (issue 16)."""
+    engine_estate.build(make_system, target_server[0])
+    run = engine_estate.failed_run(external_id="x\n# Injected <img src=x onerror=alert(1)>")
+    rollback = engine.rollback_plan(run=run, actor=alice, reason="undo\n<script>alert(1)</script>")
+    text = report_build(rollback).markdown()
+    assert "<img" not in text and "<script>" not in text
+    assert "\n# Injected" not in text
+    assert (
+        text.splitlines()[0].startswith("# Post-incident report")
+        and "&lt;img" in text.splitlines()[0]
+    )
+    assert markdown_table([{"a": "<b>x</b>\nnext"}]).endswith("| &lt;b&gt;x&lt;/b&gt; next |")
+
+
 def test_a_report_costs_the_same_queries_whatever_its_size(make_system, target_server, alice):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

@@ -781,3 +781,89 @@ def test_moving_a_system_to_another_team():
     result = import_document(doc, actor="test")
     assert len(result.changes) == 1 and "team" in result.changes[0]
     assert System.objects.get(slug="orders-db").team.slug == "platform"
+
+
+# --------------------------------------------------------------------------- junk (issue 16)
+
+
+@pytest.fixture
+def admin_token(django_user_model):
+    from rollbacks.tokens import token_create
+
+    user = django_user_model.objects.create_user("estate-bot")
+    user.groups.set([Group.objects.get_or_create(name="admin")[0]])
+    return token_create(user=user, name="estate")[1]
+
+
+def _estate_counts() -> dict[str, int]:
+    """The estate's rows and its ledger entries (a token's first use is ledgered too)."""
+    return counts() | {"Entry": Entry.objects.filter(action__startswith="estate.").count()}
+
+
+def _put(client, token, body: str, content_type="application/json"):
+    return client.put(
+        "/api/v1/estate",
+        body,
+        content_type=content_type,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("spoil", "path", "words"),
+    [
+        (lambda d: d["systems"][0].update(name="Orders\x00db"), "systems[0].name", "NUL"),
+        (lambda d: d["teams"][0].update(name="Pay\ud800"), "teams[0].name", "surrogate"),
+        (lambda d: d["systems"][1].update(slug="s" * 500), "systems[1].slug", "at most 50"),
+        (lambda d: d["teams"][1].update(slug="t" * 60), "teams[1].slug", "at most 50"),
+        (lambda d: d["systems"][2].update(name="n" * 5000), "systems[2].name", "at most 100"),
+        (lambda d: d["teams"][0].update(name="n" * 101), "teams[0].name", "at most 100"),
+        (
+            lambda d: d["systems"][0].update(environment="e" * 51),
+            "systems[0].environment",
+            "at most 50",
+        ),
+    ],
+)
+def test_junk_in_an_imported_document_is_a_400_with_its_path(
+    client, admin_token, spoil, path, words
+):
+    """A NUL character, a 500-character slug and a 5,000-character name were 500s."""
+    import json
+
+    doc = demo()
+    spoil(doc)
+    before = _estate_counts()
+    response = _put(client, admin_token, json.dumps(doc))
+    assert response.status_code == 400, response.content[:300]
+    assert path in response.json()["errors"], response.json()
+    assert words in " ".join(response.json()["errors"][path])
+    assert path in [p["path"] for p in response.json()["paths"]]
+    assert _estate_counts() == before
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(client, admin_token):
+    """8 KB whose aliases expand to 10^6 nodes took 4.4 s, ×10 per level: aliases are refused."""
+    import time
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 7):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    bomb = "version: 1\n" + "\n".join(levels) + "\n"
+    before = _estate_counts()
+    started = time.monotonic()
+    response = _put(client, admin_token, bomb, content_type="application/yaml")
+    assert time.monotonic() - started < 1
+    assert response.status_code == 400
+    assert "alias (*a0) is not accepted" in response.json()["detail"] + str(
+        response.json()["errors"]
+    )
+    assert _estate_counts() == before
+
+
+def test_yaml_values_that_are_not_json_are_refused_with_their_path():
+    with pytest.raises(EstateError) as info:
+        parse("version: 1\nteams: [{slug: a, name: !!binary aGVsbG8=}]\n")
+    assert info.value.errors == [("teams[0].name", "bytes is not a JSON value")]
+    # A date stays text, as in JSON.
+    assert parse("version: 1\nwhen: 2024-05-01\n")["when"] == "2024-05-01"

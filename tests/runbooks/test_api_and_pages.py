@@ -247,3 +247,24 @@ def test_admin_changes_to_a_runbook_are_ledgered(rb, client, dave):
     entry = Entry.objects.get(action="runbook.changed")
     assert entry.payload["changed"] == ["name"]
     assert entry.payload["values"] == {"name": "Checkout off (v2 wording)"}
+
+
+def test_a_value_outside_its_constraint_is_refused_and_nothing_is_planned(rb, client, alice):
+    """An order id of -5 was instantiated and pre-approved at once (issue 16, finding 14)."""
+    from runbooks import services
+    from tests.runbooks.conftest import PARAMETERS, STEPS
+
+    parameters = [p | {"minimum": 1} if p["name"] == "row" else p for p in PARAMETERS]
+    services.runbook_version_publish(
+        runbook=rb.own, parameters=parameters, steps=STEPS, actor="test"
+    )
+    response = _post(
+        client, alice, "checkout-off", {"params": {"invoice_id": "inv-9", "row": -5}, "reason": "r"}
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"params.row": ["must be at least 1"]}
+    long_reason = {"params": {"invoice_id": "inv-9", "row": 5}, "reason": "x" * 100_000}
+    response = _post(client, alice, "checkout-off", long_reason)
+    assert response.status_code == 400 and "2000" in response.json()["errors"]["reason"][0]
+    assert not Rollback.objects.exists() and not RunbookInstance.objects.exists()
+    assert not Entry.objects.filter(action="rollback.planned").exists()

@@ -139,3 +139,53 @@ def test_step_params_keep_the_type_of_a_whole_template():
     assert render_step_params(STEPS[2], values) == {"id": 88}
     step = {"params": {"note": "row {params.row} of {params.invoice_id}"}}
     assert render_step_params(step, values) == {"note": "row 88 of inv-1"}
+
+
+CONSTRAINED = [
+    {"name": "order_id", "type": "int", "minimum": 1, "maximum": 10**9},
+    {"name": "event_id", "type": "string", "pattern": "evt-[0-9]+"},
+]
+
+
+@pytest.mark.parametrize(
+    ("given", "path", "message"),
+    [
+        ({"order_id": -5, "event_id": "evt-1"}, "params.order_id", "must be at least 1"),
+        ({"order_id": 10**10, "event_id": "evt-1"}, "params.order_id", "must be at most"),
+        ({"order_id": 7, "event_id": "evt-1; drop"}, "params.event_id", "must match the pattern"),
+    ],
+)
+def test_parameter_constraints_refuse_values_outside_them(given, path, message):
+    """An order id of -5 was instantiated and pre-approved at once (issue 16, finding 14)."""
+    _, errors = clean_values(CONSTRAINED, given)
+    assert [(p, m) for p, m in errors if p == path and message in m], errors
+    assert clean_values(CONSTRAINED, {"order_id": 7, "event_id": "evt-7781"})[1] == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "message"),
+    [
+        ({"name": "n", "type": "string", "minimum": 1}, "parameters[0].minimum", "only an int"),
+        ({"name": "n", "type": "int", "minimum": "1"}, "parameters[0].minimum", "whole number"),
+        (
+            {"name": "n", "type": "int", "minimum": 5, "maximum": 1},
+            "parameters[0].maximum",
+            "at least the minimum",
+        ),
+        ({"name": "n", "type": "int", "pattern": "x"}, "parameters[0].pattern", "only a string"),
+        (
+            {"name": "n", "type": "string", "pattern": "("},
+            "parameters[0].pattern",
+            "not a regular expression",
+        ),
+        (
+            {"name": "n", "type": "int", "minimum": 1, "default": 0},
+            "parameters[0].default",
+            "at least 1",
+        ),
+    ],
+)
+def test_a_bad_constraint_is_refused_naming_the_field(spec, path, message):
+    steps = [{"system": "flags", "action_type": "enable_flag", "params": {}}]
+    errors = version_errors([spec], steps, CONTRACTS)
+    assert any(p == path and message in m for p, m in errors), errors
