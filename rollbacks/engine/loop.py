@@ -298,96 +298,115 @@ def _will_retry(result: Result) -> bool:
     )
 
 
+def _update_from_values(
+    cursor,
+    table: str,
+    assignments: str,
+    columns: list[tuple[str, str]],
+    rows: list[tuple],
+    *,
+    set_params: tuple = (),
+    where: str = "",
+    where_params: tuple = (),
+) -> set[int]:
+    """``UPDATE table AS t SET … FROM (VALUES …) AS v(id, …) WHERE t.id = v.id …`` for many
+    rows in one statement; ``columns`` name v's columns and their types. Returns the ids
+    it updated."""
+    row_sql = "(" + ", ".join(f"%s::{kind}" for _, kind in columns) + ")"
+    names = ", ".join(name for name, _ in columns)
+    cursor.execute(
+        f"UPDATE {table} AS t SET {assignments} "
+        f"FROM (VALUES {', '.join(row_sql for _ in rows)}) AS v({names}) "
+        f"WHERE t.id = v.id {where} RETURNING t.id",
+        [*set_params, *[x for row in rows for x in row], *where_params],
+    )
+    return {row[0] for row in cursor.fetchall()}
+
+
+def _record_together(
+    results: list[Result],
+    *,
+    state: str,
+    outcome: str,
+    step_rows,
+    step_set: str,
+    step_columns,
+    step_params: tuple = (),
+) -> set[int]:
+    """Move these steps (still holding their fencing token) to ``state`` and close their
+    attempts with ``outcome``, in one UPDATE each; returns the steps it moved."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        moved = _update_from_values(
+            cursor,
+            Step._meta.db_table,
+            f"state = %s, {step_set}, lease_expires_at = NULL",
+            [("id", "bigint"), ("token", "bigint"), *step_columns],
+            [(r.claimed.step.pk, r.claimed.attempt.fencing_token, *step_rows(r)) for r in results],
+            set_params=(state, *step_params),
+            where="AND t.fencing_token = v.token AND t.state = %s",
+            where_params=(S.RUNNING,),
+        )
+        closed = [r for r in results if r.claimed.step.pk in moved]
+        if closed:
+            _update_from_values(
+                cursor,
+                Attempt._meta.db_table,
+                "outcome = %s, finished_at = %s, error = v.error, output = v.output",
+                [("id", "bigint"), ("error", "text"), ("output", "jsonb")],
+                [
+                    (
+                        r.claimed.attempt.pk,
+                        r.outcome.get("error", ""),
+                        json.dumps(r.outcome.get("output") or {}),
+                    )
+                    for r in closed
+                ],
+                set_params=(outcome, now),
+            )
+    for r in closed:
+        r.claimed.step.state = state
+    return moved
+
+
 def _record_retries(results: list[Result]) -> set[int]:
     """The transient failures with attempts left, on PostgreSQL: to ``retry_wait`` at their
-    backoff in one UPDATE of the steps (fencing token checked) and one of their attempts;
-    returns the steps it moved (each with its ``next_attempt_at`` set). No message is sent:
-    the loop wakes itself at the retry's time, and every loop claims due retries."""
+    backoff (one UPDATE of the steps, one of their attempts); returns the steps it moved,
+    each with its ``next_attempt_at`` set. No message is sent: the loop wakes itself at the
+    retry's time, and every loop claims due retries."""
     if not results or connection.vendor != "postgresql":
         return set()
     now = timezone.now()
     due = {r.claimed.step.pk: now + execution.backoff(r.claimed.step) for r in results}
-    rows = [
-        (
-            r.claimed.step.pk,
-            r.claimed.attempt.fencing_token,
-            due[r.claimed.step.pk],
-            r.outcome["error"],
-        )
-        for r in results
-    ]
-    values = ", ".join("(%s::bigint, %s::bigint, %s::timestamptz, %s::text)" for _ in rows)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Step._meta.db_table} AS s SET state = %s, next_attempt_at = v.at, "
-            "last_error = v.error, lease_expires_at = NULL "
-            f"FROM (VALUES {values}) AS v(id, token, at, error) "
-            "WHERE s.id = v.id AND s.fencing_token = v.token AND s.state = %s RETURNING s.id",
-            [S.RETRY_WAIT, *[x for row in rows for x in row], S.RUNNING],
-        )
-        moved = {row[0] for row in cursor.fetchall()}
-        attempts = [
-            (r.claimed.attempt.pk, r.outcome["error"])
-            for r in results
-            if r.claimed.step.pk in moved
-        ]
-        if attempts:
-            values = ", ".join("(%s::bigint, %s::text)" for _ in attempts)
-            cursor.execute(
-                f"UPDATE {Attempt._meta.db_table} AS a SET outcome = %s, finished_at = %s, "
-                f"error = v.error, output = '{{}}' FROM (VALUES {values}) AS v(id, error) "
-                "WHERE a.id = v.id",
-                [Attempt.Outcome.TRANSIENT, now, *[x for row in attempts for x in row]],
-            )
+    moved = _record_together(
+        results,
+        state=S.RETRY_WAIT,
+        outcome=Attempt.Outcome.TRANSIENT,
+        step_rows=lambda r: (due[r.claimed.step.pk], r.outcome["error"]),
+        step_set="next_attempt_at = v.at, last_error = v.error",
+        step_columns=[("at", "timestamptz"), ("error", "text")],
+    )
     for r in results:
         if r.claimed.step.pk in moved:
-            r.claimed.step.state = S.RETRY_WAIT
             r.claimed.step.next_attempt_at = due[r.claimed.step.pk]
     return moved
 
 
 def _record_successes(results: list[Result]) -> set[int]:
-    """The succeeded attempts' compare-and-set on PostgreSQL, in one UPDATE of the steps
-    (those still holding their fencing token) and one of their attempts; returns the steps
-    it moved. Elsewhere (and for the rest) ``execution.record_locked`` does it step by step."""
+    """The succeeded attempts on PostgreSQL (one UPDATE of the steps, one of their
+    attempts); returns the steps it moved. Elsewhere (and for the rest)
+    ``execution.record_locked`` does it step by step."""
     if not results or connection.vendor != "postgresql":
         return set()
-    now = timezone.now()
-    rows = [
-        (
-            r.claimed.step.pk,
-            r.claimed.attempt.fencing_token,
-            json.dumps(r.outcome.get("output") or {}),
-        )
-        for r in results
-    ]
-    values = ", ".join("(%s::bigint, %s::bigint, %s::jsonb)" for _ in rows)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Step._meta.db_table} AS s SET state = %s, finished_at = %s, "
-            "output = v.output, last_error = '', lease_expires_at = NULL "
-            f"FROM (VALUES {values}) AS v(id, token, output) "
-            "WHERE s.id = v.id AND s.fencing_token = v.token AND s.state = %s RETURNING s.id",
-            [S.SUCCEEDED, now, *[x for row in rows for x in row], S.RUNNING],
-        )
-        moved = {row[0] for row in cursor.fetchall()}
-        attempts = [
-            (r.claimed.attempt.pk, json.dumps(r.outcome.get("output") or {}))
-            for r in results
-            if r.claimed.step.pk in moved
-        ]
-        if attempts:
-            values = ", ".join("(%s::bigint, %s::jsonb)" for _ in attempts)
-            cursor.execute(
-                f"UPDATE {Attempt._meta.db_table} AS a SET outcome = %s, finished_at = %s, "
-                f"error = '', output = v.output FROM (VALUES {values}) AS v(id, output) "
-                "WHERE a.id = v.id",
-                [Attempt.Outcome.SUCCEEDED, now, *[x for row in attempts for x in row]],
-            )
-    for r in results:
-        if r.claimed.step.pk in moved:
-            r.claimed.step.state = S.SUCCEEDED
-    return moved
+    return _record_together(
+        results,
+        state=S.SUCCEEDED,
+        outcome=Attempt.Outcome.SUCCEEDED,
+        step_rows=lambda r: (json.dumps(r.outcome.get("output") or {}),),
+        step_set="finished_at = %s, output = v.output, last_error = ''",
+        step_columns=[("output", "jsonb")],
+        step_params=(timezone.now(),),
+    )
 
 
 def record_each(results: list[Result]) -> None:

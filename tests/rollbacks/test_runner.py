@@ -116,6 +116,16 @@ def test_one_record_batch_records_steps_of_several_rollbacks_and_advances_each(m
     assert finished.state == R.SUCCEEDED
     assert waiting.state == R.RUNNING
     assert Step.objects.get(pk=last.pk).state == S.RETRY_WAIT
+    outcomes = dict(
+        Attempt.objects.filter(step__in=[c.step for c in claimed]).values_list("step_id", "outcome")
+    )
+    assert outcomes == {c.step.pk: Attempt.Outcome.SUCCEEDED for c in claimed[:3]} | {
+        last.pk: Attempt.Outcome.TRANSIENT
+    }
+    failed = Attempt.objects.get(step=last)
+    assert failed.error == "502" and failed.finished_at is not None
+    assert Step.objects.get(pk=last.pk).last_error == "502"
+    assert not Attempt.objects.filter(step__in=[c.step for c in claimed], finished_at=None).exists()
     # The retry is due at its backoff; claimed again then, as a second attempt.
     Step.objects.filter(pk=last.pk).update(next_attempt_at=None)
     (again,) = runner.claim_batch(hints={}, limit=10, worker="loop")
