@@ -181,7 +181,13 @@ def test_words_and_tables_read_right_from_1024_to_1440_px(browser, live_server, 
     assert page.evaluate("document.activeElement.tagName") == "PRE"
     before = scroller.evaluate("(el) => el.scrollTop")
     page.keyboard.press("PageDown")
-    assert scroller.evaluate("(el) => el.scrollTop") > before  # it scrolls by keyboard
+    # It scrolls by keyboard. Chromium animates a keyboard scroll, so the new offset arrives
+    # over a few frames: wait for it (bounded), rather than read it in the same instant.
+    page.wait_for_function(
+        "([el, before]) => el.scrollTop > before",
+        arg=[scroller.element_handle(), before],
+        timeout=5000,
+    )
 
     page.goto(live_server.url + f"/rollbacks/{drill.pk}/")
     outcome = page.locator("#rollback-status").inner_text()
