@@ -37,9 +37,9 @@ from ledger.models import ChainHead, Entry, Outcome, chain_for
 # PostgreSQL forgets when the transaction (or the savepoint it was set in) ends.
 _HELD = "unwind.ledger_chain"
 
-# Locks the chain's head and takes the next entry id in one round trip. MATERIALIZED makes
-# PostgreSQL lock the row before nextval() runs, so ids grow with seq inside a chain, which
-# lets verification walk the whole ledger once in id order. ``try``: skip the row if another
+# Locks the chain's head and takes the next ``n`` entry ids in one round trip. MATERIALIZED
+# makes PostgreSQL lock the row before nextval() runs, so ids grow with seq inside a chain,
+# which lets verification walk the whole ledger once in id order. ``try``: skip the row if another
 # transaction holds it (no wait); ``wait``: wait for it. Both return the chain this
 # transaction held last before, and record the later of the two as held.
 _PG_LOCK_HEAD = (
@@ -47,7 +47,8 @@ _PG_LOCK_HEAD = (
     "head AS MATERIALIZED (SELECT seq, hash FROM ledger_chainhead WHERE chain = %(chain)s "
     "FOR UPDATE{mode}) "
     "SELECT held.key, head.seq, head.hash, "
-    "CASE WHEN head.seq IS NOT NULL THEN nextval(%(sequence)s::regclass) END, "
+    "CASE WHEN head.seq IS NOT NULL THEN ARRAY(SELECT nextval(%(sequence)s::regclass) "
+    "FROM generate_series(1, %(n)s)) END, "
     "CASE WHEN head.seq IS NOT NULL THEN set_config('" + _HELD + "', "
     "greatest(coalesce(held.key, '') COLLATE \"C\", %(key)s), true) END "
     "FROM held LEFT JOIN head ON true"
@@ -85,14 +86,15 @@ def _pg_sequence(connection) -> str:
     return _pg_sequences[connection.alias]
 
 
-def _lock_head(connection, chain: str) -> tuple[str, int, str, int | None]:
-    """(chain, seq, hash) of the head the new entry goes after, locked until the transaction
-    ends, and the id the new entry takes (None: let the database choose). The chain is
-    ``chain`` unless taking it could deadlock (module docstring)."""
+def _lock_head(connection, chain: str, n: int = 1) -> tuple[str, int, str, list[int]]:
+    """(chain, seq, hash) of the head the new entries go after, locked until the transaction
+    ends, and the ids of the next ``n`` entries (growing; on SQLite the first one only). The
+    chain is ``chain`` unless taking it could deadlock (module docstring)."""
     if connection.vendor != "postgresql":
-        return chain, *_lock_head_sqlite(chain)
+        seq, digest, entry_id = _lock_head_sqlite(chain)
+        return chain, seq, digest, [entry_id]
     key = chain_order_key(chain)
-    params = {"chain": chain, "key": key, "sequence": _pg_sequence(connection)}
+    params = {"chain": chain, "key": key, "sequence": _pg_sequence(connection), "n": n}
     for _ in range(2):
         with connection.cursor() as cursor:
             cursor.execute(_PG_TRY_HEAD, params)
@@ -101,7 +103,7 @@ def _lock_head(connection, chain: str) -> tuple[str, int, str, int | None]:
                 return chain, seq, digest, entry_id
             if held and key < held:
                 # Out of order and busy (or new): the last chain held takes the entry.
-                return _lock_head(connection, held.partition("|")[2])
+                return _lock_head(connection, held.partition("|")[2], n)
             cursor.execute(_PG_WAIT_HEAD, params)
             held, seq, digest, entry_id, _ = cursor.fetchone()
             if seq is not None:
@@ -184,7 +186,7 @@ def record(
     if pending is not None and connection.vendor == "postgresql":
         pending.append(entry)  # written when deferred() ends, with the others
         return entry
-    chain, seq, prev_hash, entry.id = _lock_head(connection, entry.chain)
+    chain, seq, prev_hash, (entry.id,) = _lock_head(connection, entry.chain)
     entry.chain, entry.seq, entry.prev_hash = chain, seq + 1, prev_hash
     entry.hash = entry_hash(entry.hashed_fields())
     if connection.vendor == "postgresql":
@@ -234,20 +236,14 @@ def _pg_append_many(connection, entries: list[Entry]) -> None:
     starts: dict[str, tuple[int, str]] = {}
     ids: list[int] = []
     for chain in sorted(wanted, key=chain_order_key):
-        got, seq, prev_hash, entry_id = _lock_head(connection, chain)
-        ids.append(entry_id)
+        # Each lock takes as many ids as its chain has entries: taken while holding the
+        # heads, so ids keep growing with seq inside each chain (verification walks them in
+        # id order), and sorted below they follow the entries' order.
+        got, seq, prev_hash, taken = _lock_head(connection, chain, len(wanted[chain]))
+        ids.extend(taken)
         if got not in chains:  # else taken by an earlier group (lock order): go on from it
             chains[got], starts[got] = [], (seq, prev_hash)
         chains[got].extend(wanted[chain])
-    if len(ids) < len(entries):
-        # Still holding every head: nobody else appends to these chains meanwhile, so the
-        # ids keep growing with seq inside each chain (verification walks them in id order).
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
-                [_pg_sequence(connection), len(entries) - len(ids)],
-            )
-            ids.extend(row[0] for row in cursor.fetchall())
     next_id = iter(sorted(ids))
     heads: dict[str, tuple[int, str]] = {}
     for chain, group in chains.items():

@@ -62,14 +62,7 @@ def advance(rollback: Rollback) -> None:
     if rollback.state != R.RUNNING:
         return
     now = timezone.now()
-    # The unfinished stages, read once: under the rollback's row lock only this
-    # transaction moves them, so their states in memory stay true as they move.
-    stages = list(
-        rollback.stages.exclude(state__in=(Stage.State.SUCCEEDED, Stage.State.CANCELLED)).order_by(
-            "index"
-        )
-    )
-    for stage in stages:
+    for stage in _unfinished_stages(rollback):
         if stage.state == Stage.State.PENDING:
             gov = governance()
             if gov and not gov.stage_is_open(rollback, stage):
@@ -101,6 +94,23 @@ def advance(rollback: Rollback) -> None:
         finished_at=now,
     )
     write_summary(rollback)
+
+
+def _unfinished_stages(rollback: Rollback, page: int = 2):
+    """The rollback's unfinished stages in order, read ``page`` at a time: ``advance`` looks
+    at one or two of them (the current one, and the next when it just finished), so a plan
+    of many stages is not read whole at every step. Under the rollback's row lock only this
+    transaction moves them, so the states read stay true as they move in memory."""
+    unfinished = rollback.stages.exclude(
+        state__in=(Stage.State.SUCCEEDED, Stage.State.CANCELLED)
+    ).order_by("index")
+    after = None
+    while True:
+        stages = list((unfinished if after is None else unfinished.filter(index__gt=after))[:page])
+        yield from stages
+        if len(stages) < page:
+            return
+        after = stages[-1].index
 
 
 def record_stage(rollback: Rollback, stage: Stage, action: str) -> None:

@@ -105,25 +105,26 @@ def rollback_start(*, rollback: Rollback, actor: Any) -> Rollback:
     have expired or been revoked since): if not, the rollback goes back to awaiting approval."""
     access.require_operator(actor, rollback, "rollback.start")
     gov = governance()
-    with transaction.atomic():
+    # One transaction under the rollback's lock: the approvals checked are the ones that
+    # hold when it starts. A lapse is committed (back to awaiting approval), then refused.
+    with transaction.atomic(), ledger.deferred():
         rollback = locked(rollback)
         ok, why = gov.may_start(rollback) if gov and rollback.state == R.APPROVED else (True, "")
         if not ok:
             rollback_require_approval(rollback=rollback, actor=actor, reason=why)
+        else:
+            transition_rollback(
+                rollback,
+                (R.APPROVED,),
+                R.RUNNING,
+                actor=actor,
+                action="rollback.started",
+                started_at=timezone.now(),
+                started_by=actor if getattr(actor, "is_authenticated", False) else None,
+            )
+            advance(rollback)
     if not ok:
         raise EngineError({"state": f"cannot start: {why}"})
-    with transaction.atomic():
-        rollback = locked(rollback)
-        transition_rollback(
-            rollback,
-            (R.APPROVED,),
-            R.RUNNING,
-            actor=actor,
-            action="rollback.started",
-            started_at=timezone.now(),
-            started_by=actor if getattr(actor, "is_authenticated", False) else None,
-        )
-        advance(rollback)
     return rollback
 
 
