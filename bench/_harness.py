@@ -8,6 +8,7 @@ Call ``Bench.open()`` before importing anything from Django's apps: it sets
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -107,6 +108,8 @@ class Bench:
             conn.execute(f'CREATE DATABASE "{self.db}"')
         self.db_created = True
         self.database_url = f"postgres://postgres@127.0.0.1:5432/{self.db}"
+        self.secret_key = f"bench-{secrets.token_urlsafe(48)}"  # this run's processes only
+        self.signing_key = base64.b64encode(secrets.token_bytes(32)).decode()
         os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
         os.environ["DATABASE_URL"] = self.database_url
         os.environ["REDIS_URL"] = self.redis_url
@@ -225,8 +228,14 @@ class Bench:
         full_env = os.environ | {
             "DATABASE_URL": self.database_url,
             "REDIS_URL": self.redis_url,
-            "DEBUG": "1",
             "DJANGO_SETTINGS_MODULE": "config.settings",
+            # Production settings, as the workers of a real deployment run: DEBUG off (no
+            # query log around every statement), so a throwaway key, hosts and signing key.
+            "DEBUG": "0",
+            "SECRET_KEY": self.secret_key,
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "LEDGER_SIGNING_KEY": self.signing_key,
+            "UNWIND_VAR_DIR": str(self.workdir / "var"),
         }
         full_env.pop("LOG_LEVEL", None)  # the production default (INFO) unless env says
         with open(log_path, "a") as log:
