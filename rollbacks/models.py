@@ -528,6 +528,16 @@ class Step(models.Model):
 
     class Meta:
         ordering = ["stage__index", "id"]
+        indexes = [
+            # The claim's way in (rollbacks/engine/loop.py): a running rollback's steps that
+            # wait to run. Small (only those rows), and it keeps the claim cheap while
+            # thousands of steps are due and the planner's statistics are not yet fresh.
+            models.Index(
+                fields=["rollback"],
+                name="step_waiting_to_run",
+                condition=models.Q(state__in=("pending", "retry_wait")),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"step #{self.pk} {self.kind} on {self.system_id}"

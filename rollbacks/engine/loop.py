@@ -34,9 +34,11 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -53,7 +55,7 @@ from rollbacks.engine.advance import advance
 from rollbacks.engine.base import RUN_STEP, governance, write_summary
 from rollbacks.engine.sweeper import expire_leases
 from rollbacks.engine.worker import claimable, refusal, refuse
-from rollbacks.models import Attempt, Outbox, Rollback, Step
+from rollbacks.models import Attempt, Outbox, Rollback, Step, System
 
 log = logging.getLogger(__name__)
 S = Step.State
@@ -82,28 +84,41 @@ def start(*, worker: str) -> Runner:
 
 # The candidates of a claim: the claim rule's steps (``claimable``), the hinted ones first,
 # then the retries that are due (they run at their time, ahead of fresh work), then by
-# when they became due, at most ``max_in_flight`` running per system.
+# when they became due, at most ``max_in_flight`` running per system. Only the steps of
+# systems with a limit are numbered per system (a window over every due step cost more than
+# the rest of the claim once thousands were due); the others are cut to ``limit`` at once.
 _PG_CANDIDATES = """
 WITH base (id, system_id, max_in_flight, next_attempt_at, dispatched_at) AS ({claimable}),
 cand AS (
     SELECT id, system_id, max_in_flight AS cap, (id = ANY(%s)) AS hinted,
            (next_attempt_at IS NOT NULL) AS retry,
-           coalesce(next_attempt_at, dispatched_at) AS due,
-           row_number() OVER (
-               PARTITION BY system_id
-               ORDER BY (id = ANY(%s)) DESC, (next_attempt_at IS NOT NULL) DESC,
-                        coalesce(next_attempt_at, dispatched_at), id
-           ) AS nth
+           coalesce(next_attempt_at, dispatched_at) AS due
     FROM base
+),
+free AS (
+    SELECT id, hinted, retry, due FROM cand WHERE cap IS NULL
+    ORDER BY hinted DESC, retry DESC, due NULLS FIRST, id
+    LIMIT %s
+),
+capped AS (
+    SELECT id, system_id, cap, hinted, retry, due,
+           row_number() OVER (
+               PARTITION BY system_id ORDER BY hinted DESC, retry DESC, due, id
+           ) AS nth
+    FROM cand WHERE cap IS NOT NULL
 ),
 busy AS (
     SELECT system_id, count(*) AS running FROM {step}
-    WHERE state = %s AND system_id IN (SELECT system_id FROM cand WHERE cap IS NOT NULL)
+    WHERE state = %s AND system_id IN (SELECT system_id FROM capped)
     GROUP BY system_id
 )
-SELECT c.id FROM cand c LEFT JOIN busy b ON b.system_id = c.system_id
-WHERE c.cap IS NULL OR c.nth <= c.cap - coalesce(b.running, 0)
-ORDER BY c.hinted DESC, c.retry DESC, c.due NULLS FIRST, c.id
+SELECT id FROM (
+    SELECT id, hinted, retry, due FROM free
+    UNION ALL
+    SELECT c.id, c.hinted, c.retry, c.due FROM capped c LEFT JOIN busy b ON b.system_id = c.system_id
+    WHERE c.nth <= c.cap - coalesce(b.running, 0)
+) AS picked
+ORDER BY hinted DESC, retry DESC, due NULLS FIRST, id
 LIMIT %s
 """
 
@@ -119,7 +134,7 @@ def _candidates(hints: list[int], limit: int, now) -> list[int]:
     )
     sql = _PG_CANDIDATES.format(claimable=base, step=Step._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, hints, hints, S.RUNNING, limit])
+        cursor.execute(sql, [*params, hints, limit, S.RUNNING, limit])
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -205,30 +220,34 @@ def claim_batch(*, hints: dict[int, int | None], limit: int, worker: str) -> lis
 
 
 def _claim_one_by_one(*, hints: dict[int, int | None], limit: int, worker: str) -> list[Claimed]:
-    """SQLite (the embedded demo): the engine's own claim, one step after another."""
+    """SQLite (the embedded demo): the engine's own claim, one step after another. The
+    candidates are the hinted steps, then the first ``limit`` due steps of systems without
+    a limit and, of each limited system, as many as it has room for (so steps of a system
+    at its limit never crowd out the others')."""
     now = timezone.now()
-    due = (
-        claimable(now)
-        .exclude(pk__in=list(hints))
-        .order_by(F("next_attempt_at").asc(nulls_last=True), "dispatched_at", "pk")
-        .values_list("pk", flat=True)[:limit]
+    caps = dict(System.objects.exclude(max_in_flight=None).values_list("pk", "max_in_flight"))
+    running = Counter(
+        Step.objects.filter(state=S.RUNNING, system_id__in=caps).values_list("system_id", flat=True)
     )
+    order = (F("next_attempt_at").asc(nulls_last=True), "dispatched_at", "pk")
+    due = claimable(now).exclude(pk__in=list(hints)).order_by(*order)
+    fields = ("pk", "system_id", "next_attempt_at", "dispatched_at")
+    rows = list(due.exclude(system_id__in=caps).values_list(*fields)[:limit])
+    for system_id, cap in caps.items():
+        if cap > running[system_id]:
+            rows += due.filter(system_id=system_id).values_list(*fields)[: cap - running[system_id]]
+    far = timezone.now() + timedelta(days=36500)  # nulls last, as ``order``
+    rows.sort(key=lambda r: (r[2] or far, r[3] or far, r[0]))
+    hinted = list(Step.objects.filter(pk__in=list(hints)).values_list("pk", "system_id"))
     out: list[Claimed] = []
-    caps = dict(
-        Step.objects.filter(pk__in=[*hints, *due], system__max_in_flight__isnull=False)
-        .values_list("system_id", "system__max_in_flight")
-        .distinct()
-    )
-    for step_id in [*hints, *due]:
+    for step_id, system_id, *_ in [*hinted, *rows]:
         if len(out) >= limit:
             break
-        system_id = Step.objects.values_list("system_id", flat=True).get(pk=step_id)
-        if system_id in caps and (
-            Step.objects.filter(system_id=system_id, state=S.RUNNING).count() >= caps[system_id]
-        ):
+        if system_id in caps and running[system_id] >= caps[system_id]:
             continue
         claimed = execution.claim(step_id, worker, hints.get(step_id))
         if claimed is not None:
+            running[system_id] += 1
             step, attempt = claimed
             out.append(Claimed(step, attempt, execution.executor_for(step, attempt)))
     return out

@@ -97,6 +97,32 @@ def test_a_systems_max_in_flight_holds_across_claims(make_system, alice):
 
 
 @pytest.mark.django_db
+def test_a_claim_mixes_limited_and_unlimited_systems_in_claim_order(make_system, alice):
+    """The capped system's hinted step comes first, its limit holds, and the unlimited
+    system's steps fill the rest of the claim up to its limit."""
+    capped = make_system("capped", max_in_flight=1)
+    free = make_system("free")
+    services.dependency_map_publish(edges=[], actor="test")
+    for system in (capped, free):
+        services.contract_publish(
+            system=system,
+            actor="test",
+            actions={"create": {"compensation": {"kind": "simulated"}, "attempts": 1}},
+        )
+    rollback = _rollback(alice, [capped, free], run_id="mix", per_system=3)
+    on_capped = list(rollback.steps.filter(system=capped).order_by("-pk"))
+    hinted = on_capped[0]  # the last one made: first only because a message named it
+
+    first = runner.claim_batch(hints={hinted.pk: None}, limit=2, worker="a")
+    assert [c.step.pk for c in first][0] == hinted.pk
+    assert [c.step.system_id for c in first] == [capped.pk, free.pk]
+
+    second = runner.claim_batch(hints={}, limit=10, worker="b")
+    assert sorted(c.step.system_id for c in second) == [free.pk, free.pk]  # capped is at 1
+    assert Step.objects.filter(system=capped, state=S.RUNNING).count() == 1
+
+
+@pytest.mark.django_db
 def test_one_record_batch_records_steps_of_several_rollbacks_and_advances_each(make_system, alice):
     systems = _estate(make_system, "http://127.0.0.1:9", 2)
     one = _rollback(alice, systems, run_id="r1")
