@@ -41,6 +41,8 @@ def rollback_teams(rollback: Rollback) -> dict[str, str]:
 
 def approval_shortfall(rollback: Rollback, req: Requirements) -> str:
     """'' when the approvals satisfy the requirements, else what is missing."""
+    if not req.approvals:
+        return ""  # nothing to count (and no team rule: it applies to approvals)
     approvals = list(live_approvals(rollback).select_related("approver"))
     if len(approvals) < req.approvals:
         return (
