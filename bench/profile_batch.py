@@ -56,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         rollbacks = [
             engine.rollback_plan(run=run, actor=admin, reason="bench: profile") for run in runs
         ]
+        reset_queries()
+        c0 = time.process_time()
         for rollback in rollbacks:
             engine.rollback_start(rollback=rollback, actor=admin)
+        start_cpu = (time.process_time() - c0) * 1000 / len(rollbacks)
+        start_queries = len(connection.queries) / len(rollbacks)
 
         prof = cProfile.Profile(time.process_time) if args.cprofile else None
         phases = Counter()
@@ -103,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profile_batch  {shape}, batches of up to {args.batch}")
         print(f"  machine: {machine()}")
         print(f"  steps: {steps}")
+        print(
+            f"  rollback_start CPU {start_cpu:6.2f} ms/rollback   "
+            f"queries {start_queries:5.2f}/rollback (with its publish after commit)"
+        )
         for phase in ("claim", "record"):
             print(
                 f"  {phase:7s} CPU {phases[phase] / steps:6.2f} ms/step   "
