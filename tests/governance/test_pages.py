@@ -438,8 +438,13 @@ def test_a_stage_waiting_at_its_gate_says_so_and_approvers_open_it(client, alice
     assert "waiting for an approver to open the gate" in text
     assert 'id="stage-3-gate-button"' not in text and "You cannot open it" in text
     assert '<span class="tag gate">gate</span>' in text
+    # The status line says why it does not go on (the gate panel's headline).
+    assert '<span id="state-badge" class="badge state-halted">halted</span>' in text
+    assert "stage 3 waits for an approver to open its gate" in text
+    assert "What it waits for" in text  # alice cannot open it
     text = _text(_page(client, bob, gated))
     assert '<label for="stage-3-gate-comment">' in text and 'id="stage-3-gate-button"' in text
+    assert "What needs you now" in text  # bob can
     url = _url("gate-open", gated, 3)
     response = client.post(url, {"comment": ""})
     assert response.status_code == 400 and 'id="stage-3-gate-errors"' in _text(response)
