@@ -584,6 +584,13 @@ def test_rollbacks_templates_name_no_other_app_and_load_no_query_running_tag():
     assert declared["policy-decision"] == "governance.panels.policy"
 
 
+def test_live_panels_come_with_the_status_not_on_their_own(client, bob, awaiting):
+    client.force_login(bob)
+    base = f"/rollbacks/{awaiting.pk}/panels"
+    assert client.get(f"{base}/approval-panel").status_code == 404  # in the status fragment
+    assert client.get(f"{base}/report-status").status_code == 200  # polls itself
+
+
 def test_a_refused_approval_shows_the_errors_with_every_panel_of_the_page(client, bob, awaiting):
     client.force_login(bob)
     response = client.post(_url("rollback-approve", awaiting), {"comment": ""})
