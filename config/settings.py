@@ -426,6 +426,13 @@ UNWIND_REPORT_SECTIONS = [
 # The rollback page's panels from other apps, in order: key (the DOM id of the panel) →
 # provider ``(request, rollback, page) -> rollbacks.panels.Panel | None`` (rollbacks/panels.py).
 UNWIND_ROLLBACK_PANELS = {
+    # Live panels, inside the polled status (rollbacks/panels.py, LIVE_REGIONS).
+    "approval-panel": "governance.panels.approval_panel",
+    "break-glass-start": "governance.panels.break_glass_form",
+    "break-glass": "governance.panels.break_glass",
+    "stage-gate": "governance.panels.stage_gates",
+    "policy-decision": "governance.panels.policy",
+    # Around it, each polling itself while it can still change.
     "rollback-runbook": "runbooks.panels.runbook_fact",
     "report-status": "reports.panels.report_status",
     "drill-faults": "drills.panels.faults",

@@ -34,6 +34,7 @@ from django.utils import timezone
 
 import ledger.services as ledger
 from governance.models import Notification
+from rollbacks import outcome
 from rollbacks.models import Rollback, Step
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def due(now: datetime | None = None) -> list[Escalation]:
                 Kind.ROLLBACK_FAILED,
                 rollback,
                 "rollback",
-                f"rollback #{rollback.pk} failed: {rollback.outcome_summary or rollback.reason}",
+                f"rollback #{rollback.pk} failed: {outcome.in_words(rollback) or rollback.reason}",
             )
         )
     return found

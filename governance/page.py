@@ -1,8 +1,9 @@
 """What governance adds to the operator's pages: the policy decision, the approvals, the
 approval panel, break-glass and its reviews, and stage gates.
 
-``rollbacks/views.py`` calls ``page_context`` through ``import_module`` (imports flow
-governance → rollbacks), and the rollback page includes ``templates/governance/`` for it.
+The rollback page's parts are live panels (``governance/panels.py``, declared in
+``settings.UNWIND_ROLLBACK_PANELS``), which read ``page_context`` once per request; the lists
+call ``annotate_rollbacks`` through ``import_module`` (imports flow governance → rollbacks).
 Everything here reads in a fixed number of queries, whatever the number of steps.
 """
 
@@ -25,7 +26,6 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
 from django.utils import timezone
 
 from governance import forms, permissions
@@ -214,8 +214,7 @@ def render_rollback_page(
     """The whole rollback page, with a bound governance form showing its errors."""
     from rollbacks import views
 
-    context = views._rollback_context(request, rollback, governance_forms=forms_)
-    return render(request, views.DETAIL, context, status=status)
+    return views.rollback_page(request, rollback, status=status, panel_forms=forms_)
 
 
 # Lists --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from ledger.models import Entry
 from reports.builder import fmt_time, seconds_between
+from rollbacks import outcome
 from rollbacks.models import Attempt, Rollback, Stage, Step
 
 R = Rollback.State
@@ -61,17 +62,13 @@ def _who(entry: Entry) -> str:
 
 
 def _outcome(rollback: Rollback) -> str:
-    """The engine's outcome summary; a drill's steps were rehearsed, not undone (unless they
-    ran on a rehearsal target), so its summary says so."""
-    if not rollback.is_drill or not rollback.is_terminal:
+    """The engine's outcome summary, in a drill's words when it is one (rehearsed, not
+    undone, unless steps ran on rehearsal targets)."""
+    if not rollback.is_terminal:
         return rollback.outcome_summary
     steps = facts(rollback).steps
-    if any(s.system.is_rehearsal and not s.is_manual for s in steps):
-        return rollback.outcome_summary  # some steps ran on rehearsal targets: undone there
-    done = sum(s.state == Step.State.SUCCEEDED for s in steps)
-    text = f"Rehearsed: {done} of {len(steps)} steps (a drill: nothing in production was touched)."
-    not_done = rollback.outcome_summary.partition(" Not undone: ")[2]
-    return text + (f" Not rehearsed: {not_done}" if not_done else "")
+    ran_for_real = any(s.system.is_rehearsal and not s.is_manual for s in steps)
+    return outcome.in_words(rollback, ran_for_real=ran_for_real)
 
 
 def summary(rollback: Rollback) -> dict:

@@ -247,8 +247,9 @@ def _fingerprint(
     rollback: Rollback, stages: list[Stage], can_act: bool, extra: str = "", page: int = 1
 ) -> str:
     """A digest of everything in the ``rollback-status`` fragment that can change (``extra``:
-    governance's part: approvals, gates, break-glass reviews): every step's state and
-    attempts (the counts and the picture), and the shown steps' details."""
+    the live panels' fingerprints, e.g. governance's approvals, gates, break-glass reviews):
+    every step's state and attempts (the counts and the picture), and the shown steps'
+    details."""
     state = [rollback.state, rollback.started_at, rollback.finished_at, can_act, extra, page]
     for stage in stages:
         state.append((stage.pk, stage.state))
@@ -368,15 +369,18 @@ def _outcome(rollback: Rollback) -> dict[str, Any]:
     return {"done": done, "not_done": not_done, "verb": verb, "total": len(done) + len(not_done)}
 
 
-def _headline(rollback: Rollback, stages: list[Stage], gov: dict, can_act: bool) -> dict:
+def _headline(
+    rollback: Rollback, stages: list[Stage], live: list[panels.Panel], can_act: bool
+) -> dict:
     """The state in words that are true at this moment: a running rollback whose stage is
-    halted on a human says so, an awaiting one says how many approvals it has."""
+    halted on a human says so, an awaiting one says how many approvals it has (the live
+    panels say what it waits for: ``Panel.headline``)."""
     state, label, detail = rollback.state, rollback.get_state_display(), ""
     steps = [step for stage in stages for step in stage.step_list]
+    halting = next((p.headline for p in live if p.is_halting and p.headline), "")
     if rollback.state in (R.RUNNING, R.PAUSED):
         waiting = [step for step in steps if step.state == S.WAITING_HUMAN]
         failed = [step for step in steps if step.state == S.FAILED]
-        gated = [stage for stage in stages if getattr(stage, "is_waiting_at_gate", False)]
         who = "you" if can_act else "an operator"
         if waiting or failed:
             state, label = "halted", "halted"
@@ -385,17 +389,16 @@ def _headline(rollback: Rollback, stages: list[Stage], gov: dict, can_act: bool)
             detail = "; ".join(parts)
             if rollback.state == R.PAUSED:
                 label = "paused and halted"
-        elif gated:
-            state, label = "halted", "halted"
-            detail = f"stage {gated[0].index} waits for an approver to open its gate"
+        elif halting:
+            state, label, detail = "halted", "halted", halting
         elif rollback.state == R.RUNNING:
             current = next((st for st in stages if st.state != Stage.State.SUCCEEDED), None)
             if current is not None:
                 detail = f"stage {current.index} of {len(stages)}"
         else:
             detail = "steps in flight finish, nothing new starts"
-    elif rollback.state == R.AWAITING_APPROVAL and gov.get("req") and gov["req"].approvals:
-        detail = f"{gov['live_count']} of {gov['req'].approvals} approvals received"
+    elif rollback.state == R.AWAITING_APPROVAL:
+        detail = next((p.headline for p in live if p.headline), "")
     elif rollback.state == R.APPROVED:
         detail = "ready to start"
     return {"state": state, "label": label, "detail": detail}
@@ -442,31 +445,65 @@ def _rendered_panels(request: HttpRequest, rollback: Rollback, page: panels.Pane
     return regions
 
 
-def _render_panel(request: HttpRequest, rollback: Rollback, panel: panels.Panel) -> str:
-    context = {**panel.context, "rollback": rollback, "panel": panel}
+def _render_panel(
+    request: HttpRequest, rollback: Rollback, panel: panels.Panel, **extra: Any
+) -> str:
+    context = {**panel.context, "rollback": rollback, "panel": panel, **extra}
     return render_to_string(panel.template, context, request)
+
+
+def _live_panels(
+    request: HttpRequest,
+    rollback: Rollback,
+    stages: list[Stage],
+    can_act: bool,
+    is_live: bool,
+    panel_forms: dict[str, Any] | None,
+) -> dict[str, list[panels.Panel]]:
+    """The live panels of the status fragment, by region. Their HTML is rendered only when
+    the template asks (``panel.html`` is a callable): a poll answered 204 renders none. A
+    stage panel is rendered in each stage (``stage.panel_html``, ``stage.tags``)."""
+    systems = sorted({s.system.slug for st in stages for s in st.step_list})
+    page = panels.PanelPage(
+        can_act=can_act,
+        is_live=is_live,
+        systems=systems,
+        stages=stages,
+        forms=panel_forms or {},
+    )
+    regions = panels.build(request, rollback, page, live=True)
+    for region, found in regions.items():
+        for panel in found:
+            if region != "stage":
+                panel.html = lambda p=panel: _render_panel(request, rollback, p)
+    for stage in stages:
+        stage.panel_html = [
+            lambda p=panel, st=stage: _render_panel(request, rollback, p, stage=st)
+            for panel in regions["stage"]
+        ]
+        stage.tags = [tag for p in regions["stage"] for tag in p.stage_tags.get(stage.index, ())]
+    return regions
 
 
 def _rollback_context(
     request: HttpRequest,
     rollback: Rollback,
-    governance_forms: dict[str, Any] | None = None,
+    panel_forms: dict[str, Any] | None = None,
     *,
     is_visible: bool = False,
 ) -> dict[str, Any]:
-    """Everything the rollback page shows, in a fixed number of queries however many steps.
+    """Everything the rollback page's status shows, in a fixed number of queries however
+    many steps.
 
-    Every step is summarised (the counts, the picture, the governance panels); only the
-    steps of one page (``STEP_PAGE``) are loaded and shown in full, with their attempts, so
-    that a 1,000-step rollback renders about as fast as a 50-step one.
-    ``governance_forms``: bound governance forms whose errors the page shows (a 400 answer).
+    Every step is summarised (the counts, the picture, the live panels such as governance's);
+    only the steps of one page (``STEP_PAGE``) are loaded and shown in full, with their
+    attempts, so that a 1,000-step rollback renders about as fast as a 50-step one.
+    ``panel_forms``: bound forms of live panels whose errors the page shows (a 400 answer).
     ``is_visible``: the caller has just fetched the rollback through ``visible_to`` for this
     user, so whether they may act on it is their role alone (four queries fewer per poll).
     """
-    gov_page = _governance_page()
-    related = gov_page.ROLLBACK_RELATED if gov_page else ()
     rollback = Rollback.objects.select_related(
-        "run", "requested_by", "dependency_map", *related
+        "run", "requested_by", "dependency_map", *panels.related()
     ).get(pk=rollback.pk)
     stages = list(Stage.objects.filter(rollback=rollback).order_by("index"))
     _attach_steps(stages, rollback)
@@ -506,13 +543,15 @@ def _rollback_context(
     plan_boxes = [(node, BOX_LABELS.get(node.state, node.state)) for node in plan_nodes]
     for stage in stages:
         stage.done_count = sum(1 for step in stage.step_list if step.state in Step.DONE)
-    gov = (
-        gov_page.page_context(rollback, request.user, stages, governance_forms) if gov_page else {}
+    # An abort lets steps in flight finish: keep watching until they have.
+    is_live = not rollback.is_terminal or any(
+        step.state == S.RUNNING for stage in stages for step in stage.step_list
     )
+    live = _live_panels(request, rollback, stages, can_act, is_live, panel_forms)
+    live_list = [panel for region in live.values() for panel in region]
     elapsed = _elapsed(rollback)
-    fingerprint = _fingerprint(
-        rollback, stages, can_act, gov.get("fingerprint", "") + elapsed, pages["number"]
-    )
+    extra = "".join(panel.fingerprint for panel in live_list) + elapsed
+    fingerprint = _fingerprint(rollback, stages, can_act, extra, pages["number"])
     steps = [step for stage in stages for step in stage.step_list]
     return {
         "rollback": rollback,
@@ -520,8 +559,10 @@ def _rollback_context(
         "picture": picture,
         "plan_nodes": plan_nodes,
         "plan_boxes": plan_boxes,
-        "gov": gov,
-        "headline": _headline(rollback, stages, gov, can_act),
+        "live": live,
+        "title_tags": [tag for panel in live_list for tag in panel.tags],
+        "needs_you": any(panel.needs_you for panel in live_list),
+        "headline": _headline(rollback, stages, live_list, can_act),
         "elapsed": elapsed,
         "done_count": sum(1 for step in steps if step.state in Step.DONE),
         "touching": sorted(
@@ -529,9 +570,7 @@ def _rollback_context(
         ),
         "needs_human": _needs_human(rollback, stages) if not rollback.is_terminal else [],
         "fingerprint": fingerprint,
-        # An abort lets steps in flight finish: keep watching until they have.
-        "is_live": not rollback.is_terminal
-        or any(step.state == S.RUNNING for stage in stages for step in stage.step_list),
+        "is_live": is_live,
         "step_count": step_count,
         "step_pages": pages,
         "can_act": can_act,
@@ -539,6 +578,22 @@ def _rollback_context(
         # Failed and waiting steps have their skip form on the first screen, the others here.
         "skippable": (S.PENDING, S.RETRY_WAIT),
     }
+
+
+def rollback_page(
+    request: HttpRequest,
+    rollback: Rollback,
+    *,
+    status: int = 200,
+    panel_forms: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+) -> HttpResponse:
+    """The whole rollback page with every panel; ``panel_forms``: a live panel's bound
+    forms showing their errors (``status`` 400)."""
+    context = context or _rollback_context(request, rollback, panel_forms)
+    page = _panel_page(request, rollback, context)
+    context["panels"] = _rendered_panels(request, context["rollback"], page)
+    return render(request, DETAIL, context, status=status)
 
 
 @login_required
@@ -553,9 +608,7 @@ def rollback_detail(request: HttpRequest, pk: int) -> HttpResponse:
     elif request.htmx:
         response = render(request, DETAIL + "#rollback-status", context)
     else:
-        page = _panel_page(request, rollback, context)
-        context["panels"] = _rendered_panels(request, context["rollback"], page)
-        response = render(request, DETAIL, context)
+        response = rollback_page(request, rollback, context=context)
     patch_vary_headers(response, ("HX-Request",))  # the page and its fragment share a URL
     return response
 

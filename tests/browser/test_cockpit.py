@@ -16,6 +16,7 @@ import httpx
 import pytest
 from django.contrib.auth import get_user_model
 
+from governance import notifications
 from governance import services as governance
 from rollbacks import engine
 from rollbacks.models import ProcessRun, Rollback, Step
@@ -163,6 +164,7 @@ def test_the_overview_leads_with_what_needs_action_and_drops_what_was_resolved(
     browser, live_server, demo, settings
 ):
     settings.DASHBOARD_POLL_S = 1
+    settings.ESCALATION_EMAILS = ["oncall@example.com"]
     alice = Person(browser, live_server.url, "alice")
     alice.log_in()
     page = alice.page
@@ -192,11 +194,21 @@ def test_the_overview_leads_with_what_needs_action_and_drops_what_was_resolved(
     failed = Step.objects.filter(rollback=rollback, is_manual=False).first()
     Step.objects.filter(pk=failed.pk).update(state=S.FAILED, last_error="boom")
     page.locator(f"#failed-step-link-{failed.pk}").wait_for()
+    # Escalated (beat's escalation round, once), both steps are listed under Escalations.
+    notifications.escalate()
+    escalated = {
+        step: page.locator(f"#escalations-title ~ ul a[id*='step{step}{state}']")
+        for step, state in ((manual.pk, S.WAITING_HUMAN), (failed.pk, S.FAILED))
+    }
+    for link in escalated.values():
+        link.wait_for()
     screenshot(page, "cockpit-4-overview-needs-action")
     assert "Stages halted on a failure" in needs.inner_text()
     Step.objects.filter(pk__in=[manual.pk, failed.pk]).update(state=S.SUCCEEDED)
     page.locator(f"#waiting-step-link-{manual.pk}").wait_for(state="detached")
     page.locator(f"#failed-step-link-{failed.pk}").wait_for(state="detached")
+    for link in escalated.values():  # their cause is resolved: they leave by themselves
+        link.wait_for(state="detached")
     assert alice.page.csp_violations == []
     alice.close()
 

@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 
 from governance import services as governance
 from reconcile.models import CheckResult, Finding, Reconciliation
-from rollbacks import engine
+from rollbacks import engine, runs
 from rollbacks.models import ProcessRun, Rollback, Step
 from tests.browser.cockpit import Person, seed_steady_demo
 from tests.browser.conftest import screenshot
@@ -211,10 +211,63 @@ def _axe(page) -> list[str]:
     ]
 
 
+def _failed_run(external_id: str) -> ProcessRun:
+    """Another failed run of the checkout migration, with the demo run's forward actions
+    (one rollback may be under way per run)."""
+    alice = _user("alice")
+    run, _ = runs.run_register(process="checkout-migration", external_id=external_id, actor=alice)
+    demo = ProcessRun.objects.get(external_id="demo-1")
+    for action in demo.actions.select_related("system").order_by("sequence"):
+        runs.action_report(
+            run=run,
+            system_slug=action.system.slug,
+            action_type=action.action_type,
+            params=action.params,
+            idempotency_key=f"{external_id}-{action.sequence}",
+            actor=alice,
+        )
+    return runs.run_fail(run=run, reason="timed out half-way", actor=alice)
+
+
+def _under_way() -> dict[str, object]:
+    """Rollbacks in the states whose first screen holds a control: awaiting approval (the
+    approval panel, break-glass), halted on the manual step (the resolve form), started by
+    break-glass (its banner and review form); and a failed run with no rollback yet (the
+    overview's Plan form). No worker here: steps run in this process."""
+    alice, dave = _user("alice"), _user("dave")
+
+    def plan(external_id: str) -> Rollback:
+        run = _failed_run(external_id)
+        return engine.rollback_plan(run=run, actor=alice, reason="the run timed out")
+
+    awaiting = plan("demo-awaiting")
+    halted = plan("demo-halted")
+    for name in ("bob", "erin"):
+        governance.rollback_approve(
+            rollback=halted, approver=_user(name), comment="ok", attestations={"pii": "ids"}
+        )
+    engine.rollback_start(rollback=halted, actor=alice)
+    for _ in range(10):
+        if halted.steps.filter(state=S.WAITING_HUMAN).exists():
+            break
+        for step in halted.steps.filter(state=S.PENDING, is_manual=False):
+            engine.step_run(step_id=step.pk)
+    assert halted.steps.filter(state=S.WAITING_HUMAN).exists()
+    broken = plan("demo-broken")
+    governance.rollback_break_glass(rollback=broken, actor=dave, reason="the payments are down")
+    return {
+        "awaiting": awaiting,
+        "halted": halted,
+        "broken": broken,
+        "failed_run": _failed_run("demo-no-rollback"),
+    }
+
+
 def test_no_serious_or_critical_axe_violation_on_any_page_as_any_role(
     browser, live_server, finished
 ):
     real = finished["real"]
+    live = _under_way()
     pages = [
         "/",
         "/systems/",
@@ -231,6 +284,11 @@ def test_no_serious_or_critical_axe_violation_on_any_page_as_any_role(
         "/approvals/",
         "/metrics/",
         "/ledger/",
+        # The first screens that hold a control (and the overview's Needs action with them).
+        f"/rollbacks/{live['awaiting'].pk}/",
+        f"/rollbacks/{live['halted'].pk}/",
+        f"/rollbacks/{live['broken'].pk}/",
+        f"/runs/{live['failed_run'].pk}/",
     ]
     problems: dict[str, list[str]] = {}
     checked = 0

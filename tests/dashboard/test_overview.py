@@ -158,3 +158,10 @@ def test_needs_action_lists_failed_runs_steps_and_halted_stages_until_resolved(h
     o = overview.overview(alice)
     assert o.waiting_steps == [] and o.halted_steps == []
     assert [e for e in o.escalations if e["rollback_id"] == rollback.pk] == []
+
+
+def test_a_drill_under_way_counts_its_steps_as_rehearsed(client, history, alice):
+    drill = _plan("drill-now", ["orders-api"], alice, is_drill=True)
+    client.force_login(alice)
+    row = client.get("/").content.decode().split(f'id="active-{drill.pk}"')[1].split("</tr>")[0]
+    assert "0 of 1 steps rehearsed or done" in row

@@ -282,3 +282,18 @@ def test_the_task_the_command_and_the_beat_schedule(settings, hook, estate, peop
     assert tasks.escalate() == {"sent": 2, "failed": 0, "skipped": 0}
     call_command("escalate")
     assert capsys.readouterr().out.strip() == "sent: 0, failed: 0, skipped: 2"
+
+
+def test_a_failed_drill_is_escalated_as_rehearsed_not_undone(hook, estate, people, alice):
+    run = _single_action_run("create_order", "orders-api", "order-8")
+    rollback = engine.rollback_plan(run=run, actor=alice, reason="drill", is_drill=True)
+    engine.rollback_start(rollback=rollback, actor=alice)
+    rollback.steps.update(state=S.FAILED, last_error="injected fault")  # as a worker leaves it
+    engine.rollback_abort(rollback=rollback, actor=alice, reason="the drill's fault held")
+    rollback.refresh_from_db()
+    assert rollback.state == R.FAILED and rollback.outcome_summary.startswith("Undone: 0 of 1")
+    notifications.escalate()
+    body = mail.outbox[0].body
+    assert "Rehearsed: 0 of 1 steps (a drill: nothing in production was touched)." in body
+    assert "Not rehearsed: create_order on orders-api: failed: waiting for a human" in body
+    assert "Undone" not in body

@@ -335,17 +335,18 @@ def test_the_poll_notices_a_new_approval(client, bob, erin, plan):
     assert "Approvals received: 1 of 2 needed" in text and 'id="approval-panel"' in text
 
 
-def test_the_approval_panel_renders_as_its_own_partial(rf, bob, awaiting):
-    from django.template.loader import render_to_string
-
+def test_the_approval_panel_is_a_live_panel_of_the_status(rf, bob, awaiting):
+    """Declared in settings.UNWIND_ROLLBACK_PANELS, rendered inside the polled status."""
     from rollbacks import views
 
     request = rf.get("/")
     request.user = bob
     request.htmx = False
     context = views._rollback_context(request, awaiting)
-    html = render_to_string(views.DETAIL + "#approval-panel", context, request)
-    assert html.lstrip().startswith('<section id="approval-panel"')
+    [panel] = context["live"]["action"]
+    assert panel.key == "approval-panel" and panel.needs_you
+    assert panel.html().lstrip().startswith('<section id="approval-panel"')
+    assert context["headline"]["detail"] == "0 of 1 approvals received"
 
 
 # Break-glass -----------------------------------------------------------------------------------
@@ -437,8 +438,13 @@ def test_a_stage_waiting_at_its_gate_says_so_and_approvers_open_it(client, alice
     assert "waiting for an approver to open the gate" in text
     assert 'id="stage-3-gate-button"' not in text and "You cannot open it" in text
     assert '<span class="tag gate">gate</span>' in text
+    # The status line says why it does not go on (the gate panel's headline).
+    assert '<span id="state-badge" class="badge state-halted">halted</span>' in text
+    assert "stage 3 waits for an approver to open its gate" in text
+    assert "What it waits for" in text  # alice cannot open it
     text = _text(_page(client, bob, gated))
     assert '<label for="stage-3-gate-comment">' in text and 'id="stage-3-gate-button"' in text
+    assert "What needs you now" in text  # bob can
     url = _url("gate-open", gated, 3)
     response = client.post(url, {"comment": ""})
     assert response.status_code == 400 and 'id="stage-3-gate-errors"' in _text(response)
@@ -553,3 +559,41 @@ def test_governance_markup_has_no_inline_script_and_every_control_is_labelled(
             assert f'<label for="{field_id}">' in text, field_id
         headings = [int(level) for level in re.findall(r"<h([1-6])\b", text)]
         assert all(b - a <= 1 for a, b in zip(headings, headings[1:], strict=False)), headings
+
+
+# Composition -------------------------------------------------------------------------------------
+
+
+def test_rollbacks_templates_name_no_other_app_and_load_no_query_running_tag():
+    """Governance's parts of the rollback page are panels declared in settings
+    (UNWIND_ROLLBACK_PANELS), not templates the rollback page includes by name."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    folder = Path(settings.BASE_DIR) / "templates" / "rollbacks"
+    for template in folder.glob("*.html"):
+        text = template.read_text()
+        for name in re.findall(r'{%\s*include\s+"([^"]+)"', text):
+            assert name.startswith("rollbacks/"), f"{template.name} includes {name}"
+        for libraries in re.findall(r"{%\s*load\s+([^%]+)%}", text):
+            assert set(libraries.split()) <= {"static", "partials"}, template.name
+    declared = settings.UNWIND_ROLLBACK_PANELS
+    for key in ("approval-panel", "break-glass-start", "break-glass", "stage-gate"):
+        assert declared[key].startswith("governance.panels."), key
+    assert declared["policy-decision"] == "governance.panels.policy"
+
+
+def test_live_panels_come_with_the_status_not_on_their_own(client, bob, awaiting):
+    client.force_login(bob)
+    base = f"/rollbacks/{awaiting.pk}/panels"
+    assert client.get(f"{base}/approval-panel").status_code == 404  # in the status fragment
+    assert client.get(f"{base}/report-status").status_code == 200  # polls itself
+
+
+def test_a_refused_approval_shows_the_errors_with_every_panel_of_the_page(client, bob, awaiting):
+    client.force_login(bob)
+    response = client.post(_url("rollback-approve", awaiting), {"comment": ""})
+    text = _text(response)
+    assert response.status_code == 400 and 'id="approval-form"' in text
+    assert 'id="timeline"' in text and 'id="report-status"' in text  # panels from settings
