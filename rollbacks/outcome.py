@@ -1,10 +1,10 @@
 """A rollback's outcome summary as a person reads it, wherever it is shown (the report,
 escalations).
 
-The engine stores one wording for every rollback (``engine.base.write_summary``:
-"Undone: 9 of 9 steps. Not undone: …"). A drill's steps were rehearsed, not undone —
-unless some ran on rehearsal targets, where they were undone for real — so its summary
-says "Rehearsed: 9 of 9 steps" (issue 15).
+A drill's steps were rehearsed, not undone — unless some ran on rehearsal targets, where
+they were undone for real — so its summary says "Rehearsed: 9 of 9 steps" (issue 15).
+The engine writes it so (``engine.base.write_summary``); this module also words the
+summaries stored before it did ("Undone: 9 of 9 steps. Not undone: …" for every rollback).
 """
 
 from __future__ import annotations

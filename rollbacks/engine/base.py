@@ -4,6 +4,7 @@ hooks it finds through settings, and the rollback's own transitions and summary.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -114,20 +115,24 @@ def locked(rollback: Rollback) -> Rollback:
     return Rollback.objects.select_for_update().get(pk=rollback.pk)
 
 
-def rollback_outcome(rollback: Rollback) -> dict[str, list[str]]:
-    """What was undone and what was not, in words an operator reads at 3 a.m."""
+def rollback_outcome(rollback: Rollback) -> dict[str, Any]:
+    """What was undone and what was not, in words an operator reads at 3 a.m.; for a drill,
+    also whether a step ran its real compensation on a rehearsal target (``for_real``)."""
     undone, not_undone = [], []
+    for_real = False
     # Plain values, not model instances: every rollback that ends is summed up here, on
     # the execution loop's record path.
     rows = rollback.steps.order_by("stage__index", "id").values_list(
         "forward_action__action_type",
         "system__slug",
+        "system__is_rehearsal",
         "state",
         "is_manual",
         "human_note",
         "last_error",
     )
-    for action_type, slug, state, is_manual, human_note, last_error in rows:
+    for action_type, slug, is_rehearsal, state, is_manual, human_note, last_error in rows:
+        for_real = for_real or (is_rehearsal and not is_manual)
         what = f"{action_type} on {slug}"
         if state == S.SUCCEEDED:
             undone.append(what + (f" (by hand: {human_note})" if is_manual else ""))
@@ -137,14 +142,23 @@ def rollback_outcome(rollback: Rollback) -> dict[str, list[str]]:
             not_undone.append(
                 f"{what}: {S(state).label}" + (f" — {last_error}" if last_error else "")
             )
-    return {"undone": undone, "not_undone": not_undone}
+    return {"undone": undone, "not_undone": not_undone, "for_real": for_real}
 
 
 def write_summary(rollback: Rollback) -> None:
-    """Store what was undone and what was not on the rollback (``rollback_outcome``)."""
+    """Store what was undone and what was not on the rollback (``rollback_outcome``). A
+    drill's steps were rehearsed, not undone — unless some ran on rehearsal targets, where
+    they were undone for real — and its summary says so."""
     outcome = rollback_outcome(rollback)
-    text = f"Undone: {len(outcome['undone'])} of {len(outcome['undone']) + len(outcome['not_undone'])} steps."
-    if outcome["not_undone"]:
-        text += " Not undone: " + "; ".join(outcome["not_undone"]) + "."
+    done, missed = outcome["undone"], outcome["not_undone"]
+    counted = f"{len(done)} of {len(done) + len(missed)} steps"
+    if rollback.is_drill and not outcome["for_real"]:
+        text = f"Rehearsed: {counted} (a drill: nothing in production was touched)."
+        if missed:
+            text += " Not rehearsed: " + "; ".join(missed) + "."
+    else:
+        text = f"Undone: {counted}."
+        if missed:
+            text += " Not undone: " + "; ".join(missed) + "."
     Rollback.objects.filter(pk=rollback.pk).update(outcome_summary=text)
     rollback.outcome_summary = text

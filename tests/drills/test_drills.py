@@ -77,6 +77,8 @@ def test_a_drill_never_calls_production_targets_and_faults_fire(estate, alice):
     engine.step_resolve(step=manual, actor=alice, note="drill: refund rehearsed on paper")
     rollback.refresh_from_db()
     assert rollback.state == R.SUCCEEDED
+    assert rollback.outcome_summary.startswith("Rehearsed: ")  # what the engine stores
+    assert "Undone" not in rollback.outcome_summary
     assert estate["target"].calls == [] and estate["target"].effects == []
     api_step = rollback.steps.get(system__slug="orders-api")
     outcomes = list(api_step.attempt_set.order_by("number").values_list("outcome", flat=True))
@@ -110,6 +112,7 @@ def test_a_rehearsal_target_is_called_for_real_in_a_drill(estate, alice):
     rollback = _drain(rollback)
     assert rollback.state == R.SUCCEEDED
     assert [c["path"] for c in estate["target"].calls] == ["/orders-api/orders/1/cancel"]
+    assert rollback.outcome_summary.startswith("Undone: ")  # undone for real, on rehearsal
 
 
 def test_a_permanent_fault_halts_the_stage_until_a_human_retries(estate, alice):
