@@ -12,12 +12,16 @@ $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Unwind needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.run-installed: requirements.lock | $(BIN)/python
+# The project itself is installed too (editable, no dependencies: the lock has them) for its
+# console script, the `unwind` command line (docs/cli.md).
+$(VENV)/.run-installed: requirements.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: requirements-dev.lock | $(BIN)/python
+$(VENV)/.dev-installed: requirements-dev.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@ $(VENV)/.run-installed
 
 ## run: install, migrate, load the demo estate and users, then serve web + worker + beat +
