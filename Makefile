@@ -33,6 +33,7 @@ run: export DEMO_TARGETS_URL := http://127.0.0.1:$(DEMO_TARGETS_PORT)
 run: $(VENV)/.run-installed
 	$(BIN)/python manage.py migrate --no-input -v 0
 	$(BIN)/python manage.py seed_demo
+	rm -rf "$${UNWIND_VAR_DIR:-var}/prometheus"  # the last run's metrics files (docs/metrics.md)
 	@echo "Unwind on http://127.0.0.1:$(PORT)/  (logins in README.md; Ctrl-C stops everything)"
 	exec env BIN_DIR=$(abspath $(BIN)) $(BIN)/honcho start -f Procfile.demo -p $(PORT)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -341,6 +342,31 @@ CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.tasks.checkpoint",
     "schedule": float(LEDGER_CHECKPOINT_INTERVAL_S),
 }
+
+# A periodic verification of the whole ledger, whose result /metrics reports
+# (unwind_ledger_verification_ok); 0 turns it off (verify_ledger by hand or cron instead).
+LEDGER_VERIFY_INTERVAL_S = env_int("LEDGER_VERIFY_INTERVAL_S", 3600)
+if LEDGER_VERIFY_INTERVAL_S:
+    CELERY_BEAT_SCHEDULE["ledger-verify"] = {
+        "task": "ledger.tasks.verify",
+        "schedule": float(LEDGER_VERIFY_INTERVAL_S),
+    }
+
+# Prometheus metrics at /metrics (docs/metrics.md) -------------------------------------------
+# A scraper sending "Authorization: Bearer <METRICS_TOKEN>" is let in from anywhere; without
+# it, only the addresses and networks of METRICS_ALLOW (loopback by default).
+METRICS_TOKEN = os.environ.get("UNWIND_METRICS_TOKEN", "").strip()
+METRICS_ALLOW = env_list("UNWIND_METRICS_ALLOW", ["127.0.0.1", "::1"])
+for _network in METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"UNWIND_METRICS_ALLOW: {_exc}") from None
+# prometheus-client's multiprocess mode: every process (web, each Celery pool process) keeps
+# its counters in files here, and /metrics adds them up. Set before prometheus_client is
+# first imported (it reads it then); the web and the workers of one host share it.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 # The demo (make run) -------------------------------------------------------------------------
 # Where the demo's loopback targets (demo/targets.py) answer. demo/estate.yaml names them at

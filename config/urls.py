@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from governance.api import router as governance_router
 from ledger.api import router as ledger_router
+from metrics.views import metrics
 from rollbacks.api import api
 from runbooks.api import router as runbooks_router
 from timeline.api import router as timeline_router
@@ -14,6 +15,8 @@ api.add_router("/runbooks", runbooks_router)
 api.add_router("/events", timeline_router)
 
 urlpatterns = [
+    # Prometheus's default path, without a slash: /metrics/ is the people's metrics page.
+    path("metrics", metrics, name="prometheus-metrics"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
