@@ -104,7 +104,13 @@ def _print_api_error(opts: Options, exc: ApiError) -> None:
         body = {"status": exc.status, "detail": exc.detail, "errors": exc.errors}
         err.print_json(json.dumps(body))
         return
-    err.print(Text(f"error {exc.status}: {exc.detail}", style="bold red"))
+    # The detail is often only the fields' messages joined: then the fields say it alone.
+    said = {f"{name}: {m}" for name, messages in exc.errors.items() for m in messages}
+    said |= {m for messages in exc.errors.values() for m in messages}
+    repeats = exc.errors and set(exc.detail.split("; ")) <= said
+    err.print(
+        Text(f"error {exc.status}" + ("" if repeats else f": {exc.detail}"), style="bold red")
+    )
     for name, messages in exc.errors.items():
         for message in messages:
             err.print(Text.assemble("  ", (name, "bold"), f": {message}"))

@@ -89,7 +89,7 @@ def rollback_view(rollback: dict) -> Group:
     for stage in rollback["stages"]:
         for n, step in enumerate(stage["steps"]):
             tries = ""
-            if "attempt_count" in step:
+            if "attempt_count" in step and not step["is_manual"]:  # a human's step has no tries
                 tries = f"{step['attempt_count']}/{step['max_attempts']}"
             table.add_row(
                 Text(f"{stage['index']} ") + styled(stage["state"]) if n == 0 else Text(""),
