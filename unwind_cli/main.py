@@ -80,7 +80,8 @@ def _opts(ctx: typer.Context) -> Options:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(Text(message, style="bold red"))
+    # soft_wrap: a path or URL in the message stays whole, to be copied.
+    err.print(Text(message, style="bold red"), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -108,12 +109,11 @@ def _print_api_error(opts: Options, exc: ApiError) -> None:
     said = {f"{name}: {m}" for name, messages in exc.errors.items() for m in messages}
     said |= {m for messages in exc.errors.values() for m in messages}
     repeats = exc.errors and set(exc.detail.split("; ")) <= said
-    err.print(
-        Text(f"error {exc.status}" + ("" if repeats else f": {exc.detail}"), style="bold red")
-    )
+    heading = f"error {exc.status}" + ("" if repeats else f": {exc.detail}")
+    err.print(Text(heading, style="bold red"), soft_wrap=True)
     for name, messages in exc.errors.items():
         for message in messages:
-            err.print(Text.assemble("  ", (name, "bold"), f": {message}"))
+            err.print(Text.assemble("  ", (name, "bold"), f": {message}"), soft_wrap=True)
 
 
 def _emit(ctx: typer.Context, data: Any, view: Any = None) -> None:
