@@ -53,3 +53,12 @@ def test_no_answer_from_the_server_exits_3(config, monkeypatch):
     monkeypatch.setenv("UNWIND_TOKEN", "unw_x")
     result = CliRunner().invoke(app, ["--url", "http://127.0.0.1:9", "show", "1"])
     assert result.exit_code == 3 and "no answer" in result.output
+
+
+def test_watch_retries_a_lost_connection_until_its_timeout(config, monkeypatch):
+    monkeypatch.setenv("UNWIND_TOKEN", "unw_x")
+    args = ["--url", "http://127.0.0.1:9", "watch", "1", "--interval", "0.1", "--timeout", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 4
+    assert result.output.count("connection lost, retrying") == 1  # said once, not every poll
+    assert "timed out after 0.5 s" in result.output
