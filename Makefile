@@ -12,12 +12,16 @@ $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Unwind needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.run-installed: requirements.lock | $(BIN)/python
+# The project itself is installed too (editable, no dependencies: the lock has them) for its
+# console script, the `unwind` command line (docs/cli.md).
+$(VENV)/.run-installed: requirements.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: requirements-dev.lock | $(BIN)/python
+$(VENV)/.dev-installed: requirements-dev.lock pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@ $(VENV)/.run-installed
 
 ## run: install, migrate, load the demo estate and users, then serve web + worker + beat +
@@ -29,6 +33,7 @@ run: export DEMO_TARGETS_URL := http://127.0.0.1:$(DEMO_TARGETS_PORT)
 run: $(VENV)/.run-installed
 	$(BIN)/python manage.py migrate --no-input -v 0
 	$(BIN)/python manage.py seed_demo
+	rm -rf "$${UNWIND_VAR_DIR:-var}/prometheus"  # the last run's metrics files (docs/metrics.md)
 	@echo "Unwind on http://127.0.0.1:$(PORT)/  (logins in README.md; Ctrl-C stops everything)"
 	exec env BIN_DIR=$(abspath $(BIN)) $(BIN)/honcho start -f Procfile.demo -p $(PORT)
 

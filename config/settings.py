@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -156,10 +158,65 @@ IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Single sign-on with OpenID Connect (docs/sso.md): on when UNWIND_OIDC_CLIENT_ID is set.
+# The endpoints are the provider's (its /.well-known/openid-configuration lists them).
+PASSWORD_LOGIN = env_bool("UNWIND_PASSWORD_LOGIN", True)
+OIDC_RP_CLIENT_ID = os.environ.get("UNWIND_OIDC_CLIENT_ID", "").strip()
+OIDC_RP_CLIENT_SECRET = os.environ.get("UNWIND_OIDC_CLIENT_SECRET", "").strip()
+OIDC_OP_AUTHORIZATION_ENDPOINT = os.environ.get("UNWIND_OIDC_AUTHORIZATION_ENDPOINT", "").strip()
+OIDC_OP_TOKEN_ENDPOINT = os.environ.get("UNWIND_OIDC_TOKEN_ENDPOINT", "").strip()
+OIDC_OP_USER_ENDPOINT = os.environ.get("UNWIND_OIDC_USERINFO_ENDPOINT", "").strip()
+OIDC_OP_JWKS_ENDPOINT = os.environ.get("UNWIND_OIDC_JWKS_ENDPOINT", "").strip()
+if OIDC_RP_CLIENT_ID:
+    _missing = [
+        name
+        for name, value in [
+            ("UNWIND_OIDC_CLIENT_SECRET", OIDC_RP_CLIENT_SECRET),
+            ("UNWIND_OIDC_AUTHORIZATION_ENDPOINT", OIDC_OP_AUTHORIZATION_ENDPOINT),
+            ("UNWIND_OIDC_TOKEN_ENDPOINT", OIDC_OP_TOKEN_ENDPOINT),
+            ("UNWIND_OIDC_USERINFO_ENDPOINT", OIDC_OP_USER_ENDPOINT),
+            ("UNWIND_OIDC_JWKS_ENDPOINT", OIDC_OP_JWKS_ENDPOINT),
+        ]
+        if not value
+    ]
+    if _missing:
+        raise ImproperlyConfigured(f"UNWIND_OIDC_CLIENT_ID is set: set {', '.join(_missing)} too")
+elif not PASSWORD_LOGIN:
+    raise ImproperlyConfigured(
+        "UNWIND_PASSWORD_LOGIN=0 needs single sign-on (UNWIND_OIDC_CLIENT_ID)"
+    )
+OIDC_RP_SIGN_ALGO = os.environ.get("UNWIND_OIDC_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = os.environ.get("UNWIND_OIDC_SCOPES", "openid email profile groups")
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_STORE_ACCESS_TOKEN = False
+OIDC_STORE_ID_TOKEN = False
+OIDC_TIMEOUT = env_int("UNWIND_OIDC_TIMEOUT_S", 10, minimum=1)
+OIDC_AUTHENTICATE_CLASS = "governance.sso.SSOStartView"
+OIDC_CALLBACK_CLASS = "governance.sso.SSOCallbackView"
+SSO_PROBE_TIMEOUT_S = 3
+SSO_LABEL = os.environ.get("UNWIND_SSO_LABEL", "single sign-on")
+SSO_USERNAME_CLAIM = os.environ.get("UNWIND_SSO_USERNAME_CLAIM", "preferred_username")
+SSO_GROUPS_CLAIM = os.environ.get("UNWIND_SSO_GROUPS_CLAIM", "groups")
+# The provider's groups -> Unwind's groups (roles, and teams as "team:<slug>"), as JSON:
+# {"unwind-operators": ["operator"], "payments-oncall": ["team:payments"]}.
+try:
+    SSO_GROUP_MAP = json.loads(os.environ.get("UNWIND_SSO_GROUP_MAP", "") or "{}")
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"UNWIND_SSO_GROUP_MAP is not JSON: {_exc}") from None
+if not isinstance(SSO_GROUP_MAP, dict) or not all(
+    isinstance(v, list) and all(isinstance(g, str) for g in v) for v in SSO_GROUP_MAP.values()
+):
+    raise ImproperlyConfigured(
+        "UNWIND_SSO_GROUP_MAP must map each provider group to a list of Unwind groups: "
+        '{"unwind-operators": ["operator"], "payments-oncall": ["team:payments"]}'
+    )
+
 AUTHENTICATION_BACKENDS = [
     # First: refuses a locked-out account or address before the password is checked.
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    *(["django.contrib.auth.backends.ModelBackend"] if PASSWORD_LOGIN else []),
+    "governance.sso.UnwindOIDCBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
@@ -341,6 +398,31 @@ CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.tasks.checkpoint",
     "schedule": float(LEDGER_CHECKPOINT_INTERVAL_S),
 }
+
+# A periodic verification of the whole ledger, whose result /metrics reports
+# (unwind_ledger_verification_ok); 0 turns it off (verify_ledger by hand or cron instead).
+LEDGER_VERIFY_INTERVAL_S = env_int("LEDGER_VERIFY_INTERVAL_S", 3600)
+if LEDGER_VERIFY_INTERVAL_S:
+    CELERY_BEAT_SCHEDULE["ledger-verify"] = {
+        "task": "ledger.tasks.verify",
+        "schedule": float(LEDGER_VERIFY_INTERVAL_S),
+    }
+
+# Prometheus metrics at /metrics (docs/metrics.md) -------------------------------------------
+# A scraper sending "Authorization: Bearer <METRICS_TOKEN>" is let in from anywhere; without
+# it, only the addresses and networks of METRICS_ALLOW (loopback by default).
+METRICS_TOKEN = os.environ.get("UNWIND_METRICS_TOKEN", "").strip()
+METRICS_ALLOW = env_list("UNWIND_METRICS_ALLOW", ["127.0.0.1", "::1"])
+for _network in METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"UNWIND_METRICS_ALLOW: {_exc}") from None
+# prometheus-client's multiprocess mode: every process (web, each Celery pool process) keeps
+# its counters in files here, and /metrics adds them up. Set before prometheus_client is
+# first imported (it reads it then); the web and the workers of one host share it.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 # The demo (make run) -------------------------------------------------------------------------
 # Where the demo's loopback targets (demo/targets.py) answer. demo/estate.yaml names them at

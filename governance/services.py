@@ -116,9 +116,12 @@ def rollback_approve(
     if not comment:
         raise EngineError({"comment": "say why you approve (what you checked)"})
     attestations = {k: (v or "").strip() for k, v in (attestations or {}).items()}
-    missing = [a["label"] for a in req.attestations if not attestations.get(a["key"])]
+    missing = [a for a in req.attestations if not attestations.get(a["key"])]
     if missing:
-        raise EngineError({"attestations": [f"tick and comment: {label}" for label in missing]})
+        # The key too: it is what an API client (`unwind approve --attest pii=…`) sends.
+        raise EngineError(
+            {"attestations": [f"tick and comment: {a['label']} (key {a['key']})" for a in missing]}
+        )
     with transaction.atomic():
         rollback = _locked_awaiting_approval(rollback)
         if rollback.approvals.filter(approver=approver, revoked_at__isnull=True).exists():

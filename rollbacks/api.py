@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
-from django.db.models import Prefetch
+from django.db.models import Count, Prefetch
 from django.http import Http404, HttpRequest, HttpResponse
-from ninja import Field, NinjaAPI, Path, Schema, Status
+from ninja import Field, NinjaAPI, Path, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
@@ -316,6 +316,18 @@ class RunOut(Schema):
     )
 
 
+class RunRollbackOut(Schema):
+    id: int = Field(description="The rollback's id.", examples=[5])
+    state: str = Field(description="Its state.", examples=["awaiting_approval"])
+    is_drill: bool = Field(description="A drill (rehearsal), not the real unwind.")
+
+
+class RunListItemOut(RunOut):
+    rollback: RunRollbackOut | None = Field(
+        description="The run's newest rollback (drills included), or null when none was planned."
+    )
+
+
 class ActionIn(In):
     system: str = Field(
         min_length=1,
@@ -550,7 +562,7 @@ class RollbackDetailOut(RollbackOut):
 # Serialisation -------------------------------------------------------------------------------
 
 
-def _run_out(run: ProcessRun) -> dict:
+def _run_out(run: ProcessRun, *, actions_reported: int | None = None) -> dict:
     return {
         "id": run.pk,
         "process": run.process,
@@ -560,7 +572,7 @@ def _run_out(run: ProcessRun) -> dict:
         "failure_reason": run.failure_reason,
         "created_at": run.created_at,
         "failed_at": run.failed_at,
-        "actions_reported": run.actions.count(),
+        "actions_reported": run.actions.count() if actions_reported is None else actions_reported,
     }
 
 
@@ -708,6 +720,41 @@ def run_create(request: HttpRequest, payload: RunIn):
         message = "another account already registered a run with this process and external id"
         return Status(409, {"detail": message, "errors": {"external_id": [message]}})
     return Status(201 if created else 200, _run_out(run))
+
+
+RUN_STATUS = Literal["running", "failed", "succeeded"]
+
+
+@api.get(
+    "/runs",
+    auth=auth,
+    response={200: list[RunListItemOut]} | ERRORS,
+    summary="List process runs",
+    description="The runs the account can see, newest first, each with its newest rollback. "
+    "`status` keeps one status (`failed`: the runs that may need an unwind); `limit` caps "
+    "the list (1 to 200, default 50). In a constant number of queries.",
+    tags=["runs"],
+)
+def run_list(
+    request: HttpRequest, status: RUN_STATUS | None = None, limit: int = Query(50, ge=1, le=200)
+):
+    runs = ProcessRun.objects.visible_to(request.auth).annotate(action_count=Count("actions"))
+    if status:
+        runs = runs.filter(status=status)
+    runs = runs.order_by("-created_at", "-id").prefetch_related(
+        Prefetch("rollbacks", queryset=Rollback.objects.order_by("-id"), to_attr="newest_first")
+    )[:limit]
+    out = []
+    for run in runs:
+        newest = run.newest_first[0] if run.newest_first else None
+        item = _run_out(run, actions_reported=run.action_count)
+        item["rollback"] = (
+            {"id": newest.pk, "state": newest.state, "is_drill": newest.is_drill}
+            if newest
+            else None
+        )
+        out.append(item)
+    return out
 
 
 @api.post(
@@ -927,10 +974,32 @@ def step_act(
     step_id: int,
     id: int = ROLLBACK_ID,
 ):
+    rollback = access.get_rollback_for_user(request.auth, id)
+    return _step_act(request.auth, rollback, step_id, action, payload)
+
+
+@api.post(
+    "/steps/{step_id}/{action}",
+    auth=auth,
+    response={200: RollbackDetailOut} | ERRORS,
+    summary="Act on a step by its id alone: retry, skip or resolve",
+    description="The same as `POST /rollbacks/{id}/steps/{step_id}/{action}`, for a client "
+    "that knows only the step's id (`unwind retry 42`); answers the step's rollback. A step "
+    "of a rollback the account cannot see is a 404.",
+    tags=["rollbacks"],
+)
+def step_act_by_id(request: HttpRequest, action: STEP_ACTIONS, payload: StepActionIn, step_id: int):
+    step = Step.objects.filter(pk=step_id).values_list("rollback_id", flat=True).first()
+    try:
+        rollback = access.get_rollback_for_user(request.auth, step or 0)
+    except Http404:
+        raise Http404("No such step.") from None
+    return _step_act(request.auth, rollback, step_id, action, payload)
+
+
+def _step_act(user: Any, rollback: Rollback, step_id: int, action: str, payload: StepActionIn):
     from rollbacks import engine
 
-    user = request.auth
-    rollback = access.get_rollback_for_user(user, id)
     step = (
         rollback.steps.filter(pk=step_id)
         .select_related("rollback", "contract", "forward_action")

@@ -4,6 +4,7 @@ import socket
 
 from celery import shared_task
 
+from metrics.events import sweep_counted
 from rollbacks import engine
 from rollbacks.engine import loop as runner
 from rollbacks.health import check_health, prune_history
@@ -59,4 +60,6 @@ def run_steps(*, step_ids: list[int]) -> str:
 @shared_task(ignore_result=True, max_retries=0)
 def sweep() -> dict:
     """Beat: recover expired leases, lost messages and unsent outbox rows."""
-    return engine.sweep()
+    counts = engine.sweep()
+    sweep_counted(counts)
+    return counts

@@ -87,6 +87,15 @@ def _user(django_user_model, username: str, *groups: str, **extra):
     return user
 
 
+def service_token(django_user_model, name: str, *groups: str) -> str:
+    """A service account with these groups (roles and ``team:<slug>``), and its raw token."""
+    from rollbacks.tokens import token_create
+
+    user = django_user_model.objects.create_user(name)
+    user.groups.set([Group.objects.get_or_create(name=g)[0] for g in groups])
+    return token_create(user=user, name=name)[1]
+
+
 @pytest.fixture
 def teams(db):
     from rollbacks.models import Team

@@ -318,6 +318,12 @@ OTHER_ROUTES = {
     # An endless stream: tests/timeline/test_stream.py reads its first events per role.
     "rollbacks/<int:pk>/timeline/stream": "test_the_stream_answers_each_role_as_expected",
     "reconcile/rollbacks/<int:pk>/findings/<int:finding_id>/dismiss": "test_reconcile_dismiss",
+    # Prometheus's: a token or an allowed address, whoever is logged in (tests/metrics/).
+    "metrics": "test_metrics_and_single_sign_on_routes",
+    # Single sign-on's (tests/governance/test_sso.py, tests/browser/test_sso.py).
+    "oidc/authenticate/": "test_metrics_and_single_sign_on_routes",
+    "oidc/callback/": "test_metrics_and_single_sign_on_routes",
+    "oidc/logout/": "test_metrics_and_single_sign_on_routes",
 }
 
 
@@ -327,6 +333,21 @@ def test_login_and_logout(client, world):
     assert client.get("/login/").status_code == 302  # already logged in
     assert client.get("/logout/").status_code == 405  # logging out is a POST
     assert client.post("/logout/").status_code == 302
+    assert _answer(client.get("/systems/")) == LOGIN
+
+
+def test_metrics_and_single_sign_on_routes(client, world):
+    far = {"REMOTE_ADDR": "203.0.113.5"}
+    for role in ROLES:
+        if role != "anon":
+            client.force_login(world["users"][role])
+        assert client.get("/metrics", **far).status_code == 403  # a session is no scraper
+        # Without SSO configured, its routes are not there.
+        assert client.get("/oidc/authenticate/").status_code == 404
+        assert client.get("/oidc/callback/?code=c&state=s").status_code == 404
+        client.logout()
+    client.force_login(world["users"]["alice"])
+    assert client.post("/oidc/logout/").status_code == 302  # logs out, like /logout/
     assert _answer(client.get("/systems/")) == LOGIN
 
 
@@ -424,6 +445,7 @@ API_ROUTES = {
     "api/v1/rollbacks/<id>",
     "api/v1/rollbacks/<id>/<action>",
     "api/v1/rollbacks/<id>/steps/<step_id>/<action>",
+    "api/v1/steps/<step_id>/<action>",
     "api/v1/estate",
     "api/v1/alerts/alertmanager",
     "api/v1/events",
@@ -522,6 +544,25 @@ def test_api_answers_each_role_as_expected(client, world, settings):
             f"/api/v1/rollbacks/{own['rollback'].pk}/approve",
             {"comment": ""},
             {"anon": 401, "alice": 403, "bob": 400, "carol": 403, "dave": 400, "mallory": 404},
+        ),
+        (
+            "post",
+            f"/api/v1/steps/{own['step'].pk}/retry",
+            {},
+            {"anon": 401, "alice": 400, "bob": 403, "carol": 403, "dave": 400, "mallory": 404},
+        ),
+        (
+            "post",
+            f"/api/v1/steps/{foreign['step'].pk}/retry",
+            {},
+            {"anon": 401, "alice": 404, "bob": 404, "carol": 403, "dave": 400, "mallory": 404},
+        ),
+        (
+            "get",
+            "/api/v1/runs",
+            None,
+            # Everyone with a token may list; each sees only what it may (tests/rollbacks).
+            {"anon": 401, "alice": 200, "bob": 200, "carol": 200, "dave": 200, "mallory": 200},
         ),
         (
             "get",

@@ -19,6 +19,7 @@ from opentelemetry.propagate import inject
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 import ledger.services as ledger
+from metrics.events import attempt_recorded
 from rollbacks import access, outbox
 from rollbacks.engine.advance import advance, dispatch_due
 from rollbacks.engine.base import RUN_STEP, drill_hooks, governance, locked, write_summary
@@ -506,3 +507,4 @@ def record_attempt_entry(
             **({"retry_at": step.next_attempt_at.isoformat()} if verdict == "will retry" else {}),
         },
     )
+    attempt_recorded(step, attempt, verdict)

@@ -623,7 +623,7 @@ def test_a_chunked_body_over_the_limit_is_refused_after_reading_limit_plus_one(t
 def test_unknown_api_urls_answer_json(client, token):
     response = get(client, "/api/v1/no-such-thing", token)
     assert response.status_code == 404 and response.json()["detail"]
-    response = client.get("/api/v1/runs", headers={"Authorization": f"Bearer {token}"})
+    response = client.delete("/api/v1/runs", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 405 and response.json()["detail"]
 
 

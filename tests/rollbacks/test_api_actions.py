@@ -173,3 +173,36 @@ def test_an_action_reason_over_2000_characters_is_refused(
     assert field in response.json()["errors"] and "2000" in response.json()["detail"]
     assert Rollback.objects.get(pk=planned.pk).state == Rollback.State.APPROVED
     assert Entry.objects.count() == entries
+
+
+def test_step_actions_by_the_step_id_alone(client, planned, django_user_model):
+    token = _account(django_user_model, "ops-bot", "operator", "team:payments")
+    outsider = _account(django_user_model, "other-bot", "operator", "team:platform")
+    _post(client, f"/api/v1/rollbacks/{planned.pk}/start", token)
+    step = planned.steps.get(system__slug="flags")
+    Step.objects.filter(pk=step.pk).update(state=Step.State.FAILED)
+    hidden = _post(client, f"/api/v1/steps/{step.pk}/retry", outsider)
+    assert hidden.status_code == 404 and hidden.json()["detail"] == "No such step."
+    assert _post(client, "/api/v1/steps/999999/retry", token).status_code == 404
+    assert "reason" in _post(client, f"/api/v1/steps/{step.pk}/skip", token).json()["errors"]
+    body = _post(client, f"/api/v1/steps/{step.pk}/skip", token, {"reason": "done by hand"})
+    assert body.status_code == 200 and body.json()["id"] == planned.pk
+    assert Step.objects.get(pk=step.pk).state == Step.State.SKIPPED
+
+
+def test_run_list_shows_visible_runs_with_their_newest_rollback(
+    client, planned, django_user_model, django_assert_max_num_queries
+):
+    token = _account(django_user_model, "ops-bot", "operator", "team:payments")
+    outsider = _account(django_user_model, "other-bot", "operator", "team:platform")
+    headers = {"Authorization": f"Bearer {token}"}
+    with django_assert_max_num_queries(8):
+        runs = client.get("/api/v1/runs", headers=headers).json()
+    assert [(r["id"], r["rollback"]["id"], r["rollback"]["state"]) for r in runs] == [
+        (planned.run_id, planned.pk, planned.state)
+    ]
+    assert runs[0]["actions_reported"] == planned.run.actions.count()
+    assert client.get("/api/v1/runs?status=running", headers=headers).json() == []
+    bad = client.get("/api/v1/runs?status=lost", headers=headers)
+    assert bad.status_code == 400 and "status" in bad.json()["errors"]
+    assert client.get("/api/v1/runs", headers={"Authorization": f"Bearer {outsider}"}).json() == []

@@ -1,0 +1,1 @@
+"""The `unwind` command line (docs/cli.md)."""

@@ -1,0 +1,3 @@
+from unwind_cli.main import main
+
+main()
