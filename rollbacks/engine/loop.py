@@ -23,7 +23,8 @@ so a step waiting on its target holds no pool process. The loop:
 4. Renews the leases of its steps every third of a lease on a thread of its own, and hands
    on any step whose lease expired (a killed worker's) every second.
 
-All database work runs on one thread (one connection), never on the event loop's.
+Database work runs on two threads of its own (records on one, claims on the other, each
+with its connection; one thread on SQLite), never on the event loop's.
 """
 
 from __future__ import annotations
@@ -491,6 +492,14 @@ class Runner:
         self._loop = asyncio.new_event_loop()
         self._wake: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(1, thread_name_prefix="unwind-db")
+        # Claims on a thread (and connection) of their own on PostgreSQL, so a claim — of a
+        # retry that fell due, of the next stage's step — never waits for a record batch.
+        # SQLite takes one writer at a time: there, claims queue behind records.
+        self._claims = (
+            ThreadPoolExecutor(1, thread_name_prefix="unwind-claim")
+            if connections["default"].vendor == "postgresql"
+            else self._db
+        )
         self._sync = ThreadPoolExecutor(
             settings.ENGINE_SYNC_THREADS, thread_name_prefix="unwind-step"
         )
@@ -542,10 +551,11 @@ class Runner:
         try:
             self._loop.run_until_complete(self._main())
         finally:
-            self._db.submit(connections.close_all).result(timeout=5)
+            for pool in {self._db, self._claims}:
+                pool.submit(connections.close_all).result(timeout=5)
             self._loop.close()
 
-    async def _on_db(self, fn, /, *args, **kwargs):
+    async def _on_db(self, fn, /, *args, _pool=None, **kwargs):
         def call():
             # What Django does around each request, here around each batch: a connection
             # that an error left unusable, or that is too old, is replaced.
@@ -553,7 +563,7 @@ class Runner:
                 conn.close_if_unusable_or_obsolete()
             return fn(*args, **kwargs)
 
-        return await self._loop.run_in_executor(self._db, call)
+        return await self._loop.run_in_executor(_pool or self._db, call)
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
@@ -575,12 +585,19 @@ class Runner:
     async def _serve(self) -> None:
         next_lease_check = 0.0
         poll = True  # look for due work at once: messages may have gone before we started
+        recording: asyncio.Future | None = None  # the record batch under way, if any
         while True:
-            if self._done:
-                await self._record(self._done)
+            if recording is not None and recording.done():
+                if not recording.cancelled() and recording.exception() is not None:
+                    log.error("recording a batch failed", exc_info=recording.exception())
+                recording = None
                 poll = True  # a record may have dispatched steps
+            if self._done and recording is None:
+                # Recorded on the database thread while claims go on on theirs.
+                recording = asyncio.ensure_future(self._record(self._done))
+                recording.add_done_callback(lambda _: self._poke())
             if self._stopping:
-                if not self._inflight:
+                if not self._inflight and recording is None:
                     break
             elif time.monotonic() >= next_lease_check:
                 try:
@@ -607,7 +624,9 @@ class Runner:
         """Claim what fits; True when the loop is full (there may be more due work)."""
         free = self.capacity - len(self._inflight)
         try:
-            claimed = await self._on_db(claim_batch, hints=hints, limit=free, worker=self.worker)
+            claimed = await self._on_db(
+                claim_batch, hints=hints, limit=free, worker=self.worker, _pool=self._claims
+            )
         except Exception:
             log.exception("claim failed")
             claimed = []
