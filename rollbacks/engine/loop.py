@@ -505,7 +505,6 @@ class Runner:
         )
         self._thread = threading.Thread(target=self._run, daemon=True, name="unwind-runner")
         self._renewer = _LeaseRenewer(self._leases)
-        self.stats = {"claimed": 0, "recorded": 0, "batches": 0}
 
     # Called from other threads ------------------------------------------------------------
     def start(self) -> None:
@@ -515,11 +514,12 @@ class Runner:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def nudge(self, step_id: int | None = None, outbox_id: int | None = None) -> None:
-        """A message named this step (or only says: look for due work)."""
+    def nudge(self, step_id: int | None = None) -> None:
+        """A message named this step (or only says: look for due work). A message's outbox
+        row was marked sent when it was published, so the hint holds none."""
         if step_id is not None:
             with self._hint_lock:
-                self._hints[step_id] = outbox_id or self._hints.get(step_id)
+                self._hints.setdefault(step_id, None)
         self._loop.call_soon_threadsafe(self._poke)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -635,7 +635,6 @@ class Runner:
         for c in claimed:
             self._inflight[c.step.pk] = c
             asyncio.ensure_future(self._execute(c))
-        self.stats["claimed"] += len(claimed)
         return len(claimed) >= free
 
     def _publish_held(self, hints: dict[int, int | None]) -> None:
@@ -700,8 +699,6 @@ class Runner:
                 record_each(batch)
 
         await self._on_db(record)
-        self.stats["recorded"] += len(batch)
-        self.stats["batches"] += 1
         for result in batch:
             self._inflight.pop(result.claimed.step.pk, None)
             step = result.claimed.step
