@@ -9,11 +9,9 @@ import os
 import time
 
 import pytest
-from django.contrib.auth.models import Group
 
 from governance.models import ApprovalPolicy
-from rollbacks.tokens import token_create
-from tests.conftest import WORKER_ARGS, start_celery, stop_process
+from tests.conftest import WORKER_ARGS, service_token, start_celery, stop_process
 from tests.rollbacks import engine_estate
 
 pytestmark = [
@@ -22,12 +20,6 @@ pytestmark = [
     pytest.mark.timeout(180),
     pytest.mark.django_db(transaction=True),
 ]
-
-
-def _token(django_user_model, name, *roles):
-    user = django_user_model.objects.create_user(name)
-    user.groups.set([Group.objects.get_or_create(name=g)[0] for g in (*roles, "team:payments")])
-    return token_create(user=user, name=name)[1]
 
 
 def test_whole_rollback_through_the_api(
@@ -42,8 +34,10 @@ def test_whole_rollback_through_the_api(
     engine_estate.build(make_system, base)
     ApprovalPolicy.objects.create(name="tier-1", tiers=[1], approvals_required=1)
     # The reporting account may approve too, in general: four-eyes still keeps it off its own.
-    reporter = _token(django_user_model, "checkout-bot", "operator", "approver")
-    approver = _token(django_user_model, "approver-bot", "approver")
+    reporter = service_token(
+        django_user_model, "checkout-bot", "operator", "approver", "team:payments"
+    )
+    approver = service_token(django_user_model, "approver-bot", "approver", "team:payments")
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     worker = start_celery(WORKER_ARGS, tmp_path / "worker.log")
 

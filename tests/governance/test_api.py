@@ -11,18 +11,12 @@ from django.contrib.auth.models import Group
 from governance.models import Approval, ApprovalPolicy
 from ledger.models import Entry
 from rollbacks.models import Rollback
-from rollbacks.tokens import token_create
+from tests.conftest import service_token
 from tests.rollbacks import engine_estate
 
 pytestmark = pytest.mark.django_db
 R = Rollback.State
 PII = {"key": "pii", "label": "Personal data impact checked"}
-
-
-def _account(django_user_model, name, *groups):
-    user = django_user_model.objects.create_user(name)
-    user.groups.set([Group.objects.get_or_create(name=g)[0] for g in groups])
-    return token_create(user=user, name=name)[1]
 
 
 def _post(client, url, token, body=None):
@@ -37,12 +31,14 @@ def _post(client, url, token, body=None):
 @pytest.fixture
 def pipeline(django_user_model, teams):
     """A service account that reports runs, requests rollbacks, and also holds the approver role."""
-    return _account(django_user_model, "orders-pipeline", "operator", "approver", "team:payments")
+    return service_token(
+        django_user_model, "orders-pipeline", "operator", "approver", "team:payments"
+    )
 
 
 @pytest.fixture
 def approver_bot(django_user_model, teams):
-    return _account(django_user_model, "change-bot", "approver", "team:payments")
+    return service_token(django_user_model, "change-bot", "approver", "team:payments")
 
 
 @pytest.fixture
@@ -105,9 +101,9 @@ def test_reject_through_the_api_aborts(client, approver_bot, requested):
 
 
 def test_auditors_operators_and_outsiders_cannot_approve(client, django_user_model, requested):
-    auditor = _account(django_user_model, "audit-bot", "auditor")
-    operator = _account(django_user_model, "ops-bot", "operator", "team:payments")
-    outsider = _account(django_user_model, "platform-bot", "approver", "team:platform")
+    auditor = service_token(django_user_model, "audit-bot", "auditor")
+    operator = service_token(django_user_model, "ops-bot", "operator", "team:payments")
+    outsider = service_token(django_user_model, "platform-bot", "approver", "team:platform")
     body = {"comment": "ok", "attestations": {"pii": "none"}}
     url = f"/api/v1/rollbacks/{requested.pk}/approve"
     assert _post(client, url, auditor, body).status_code == 403
